@@ -1,0 +1,1 @@
+//! DRBD and LINSTOR integration.
