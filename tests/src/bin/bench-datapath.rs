@@ -1,0 +1,230 @@
+//! Data-path benchmark: fio's `nbd` engine, in one run, against
+//! (a) our chain nbd-http-server -> http-disk-server -> file, and
+//! (b) `nbdkit file` on the same file (the no-proxy limit), plain and with
+//!     every write forced to FUA (a durable write, which ours always is).
+//!
+//! Prints p50/p99 completion latency at queue depth 1, IOPS at queue depth 8
+//! and with three clients at once, and the ratios the data-path issue sets as
+//! bars. Usage:
+//!   cargo run --release -p heartbeat-tests --bin bench-datapath -- [--seconds N] [--markdown]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use heartbeat_tests::{
+    binary, free_port, require_tool, run_with_timeout, start_disk_server, start_nbd_server, Daemon,
+    DiskServerConfig, NbdServerConfig, Profile, TempDisk,
+};
+
+const DISK_SIZE: u64 = 4 * 1024 * 1024;
+
+/// One fio measurement point.
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    op: Op,
+    block: u64,
+    iodepth: u32,
+    clients: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Op {
+    Read,
+    Write,
+}
+
+impl Op {
+    fn fio_rw(self) -> &'static str {
+        match self {
+            Op::Read => "randread",
+            Op::Write => "randwrite",
+        }
+    }
+    fn json_key(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::Write => "write",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Measured {
+    p50_us: f64,
+    p99_us: f64,
+    iops: f64,
+}
+
+fn run_fio(uri: &str, point: Point, seconds: u64) -> Result<Measured> {
+    let mut cmd = Command::new("fio");
+    cmd.args([
+        "--name=bench",
+        "--ioengine=nbd",
+        &format!("--uri={uri}"),
+        &format!("--rw={}", point.op.fio_rw()),
+        &format!("--bs={}", point.block),
+        &format!("--iodepth={}", point.iodepth),
+        &format!("--numjobs={}", point.clients),
+        "--group_reporting",
+        &format!("--size={DISK_SIZE}"),
+        "--time_based",
+        &format!("--runtime={seconds}"),
+        "--ramp_time=1",
+        "--randrepeat=0",
+        "--output-format=json",
+    ]);
+    let (status, out, err) = run_with_timeout(&mut cmd, Duration::from_secs(seconds + 60))?;
+    if !status.success() {
+        bail!("fio failed for {point:?} on {uri}: {err}");
+    }
+    let json_start = out.find('{').context("fio printed no JSON")?;
+    let doc: serde_json::Value = serde_json::from_str(&out[json_start..]).context("parse fio JSON")?;
+    let job = &doc["jobs"][0][point.op.json_key()];
+    let pct = |p: &str| job["clat_ns"]["percentile"][p].as_f64().unwrap_or(f64::NAN) / 1000.0;
+    if job["total_ios"].as_u64().unwrap_or(0) == 0 {
+        bail!("fio completed no I/O for {point:?} on {uri}: {err}");
+    }
+    Ok(Measured {
+        p50_us: pct("50.000000"),
+        p99_us: pct("99.000000"),
+        iops: job["iops"].as_f64().unwrap_or(0.0),
+    })
+}
+
+fn start_nbdkit(disk: &Path, socket: &Path, force_fua: bool, log: &Path) -> Result<Daemon> {
+    let mut args = vec![
+        "-f".to_string(),
+        "-U".into(),
+        socket.display().to_string(),
+        "--exit-with-parent".into(),
+    ];
+    if force_fua {
+        args.extend(["--filter=fua".into()]);
+    }
+    args.extend(["file".into(), format!("file={}", disk.display())]);
+    if force_fua {
+        args.push("fuamode=force".into());
+    }
+    let daemon = Daemon::spawn("nbdkit", Path::new("/usr/bin/nbdkit"), &args, log.to_path_buf())?;
+    heartbeat_tests::poll_until(Duration::from_secs(10), || socket.exists().then_some(()))
+        .context("nbdkit did not create its socket")?;
+    Ok(daemon)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let seconds: u64 = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.parse().context("--seconds takes a whole number"))
+        .transpose()?
+        .unwrap_or(10);
+    let markdown = args.iter().any(|a| a == "--markdown");
+    for tool in ["fio", "nbdkit"] {
+        require_tool(tool);
+    }
+
+    let disk = TempDisk::random(DISK_SIZE, 7);
+    let dir = disk.dir.path().to_path_buf();
+
+    let mut server_cfg = DiskServerConfig::new(&disk.path);
+    server_cfg.arbiter = Some("none".into());
+    server_cfg.profile = Profile::Release;
+    server_cfg.port = free_port();
+    let _disk_server = start_disk_server(&server_cfg, &dir)?;
+    let mut nbd_cfg = NbdServerConfig::new(dir.join("chain.sock"), vec![server_cfg.url()]);
+    nbd_cfg.profile = Profile::Release;
+    nbd_cfg.device_size = Some(DISK_SIZE);
+    let _nbd_server = start_nbd_server(&nbd_cfg, &dir)?;
+    let chain_uri = nbd_cfg.uri();
+
+    let plain_sock = dir.join("nbdkit.sock");
+    let _nbdkit = start_nbdkit(&disk.path, &plain_sock, false, &dir.join("nbdkit.log"))?;
+    let plain_uri = format!("nbd+unix:///?socket={}", plain_sock.display());
+    let fua_sock = dir.join("nbdkit-fua.sock");
+    let _nbdkit_fua = start_nbdkit(&disk.path, &fua_sock, true, &dir.join("nbdkit-fua.log"))?;
+    let fua_uri = format!("nbd+unix:///?socket={}", fua_sock.display());
+
+    eprintln!(
+        "chain: {} ; http-disk-server {} ; baseline nbdkit {}",
+        binary("nbd-http-server", Profile::Release).display(),
+        server_cfg.url(),
+        plain_uri
+    );
+
+    let mut rows: Vec<(String, Measured, Measured, Option<Measured>, String)> = Vec::new();
+    let qd1 = |op, block| Point { op, block, iodepth: 1, clients: 1 };
+    for block in [512u64, 1024, 4096] {
+        for op in [Op::Write, Op::Read] {
+            let p = qd1(op, block);
+            let ours = run_fio(&chain_uri, p, seconds)?;
+            let plain = run_fio(&plain_uri, p, seconds)?;
+            let fua = (op == Op::Write).then(|| run_fio(&fua_uri, p, seconds)).transpose()?;
+            rows.push((format!("{} {} B qd1", op.json_key(), block), ours, plain, fua, "latency".into()));
+        }
+    }
+    for op in [Op::Write, Op::Read] {
+        let p = Point { op, block: 4096, iodepth: 8, clients: 1 };
+        let ours = run_fio(&chain_uri, p, seconds)?;
+        let plain = run_fio(&plain_uri, p, seconds)?;
+        let fua = (op == Op::Write).then(|| run_fio(&fua_uri, p, seconds)).transpose()?;
+        rows.push((format!("{} 4096 B qd8", op.json_key()), ours, plain, fua, "iops".into()));
+    }
+    for op in [Op::Write, Op::Read] {
+        let p = Point { op, block: 4096, iodepth: 1, clients: 3 };
+        let ours = run_fio(&chain_uri, p, seconds)?;
+        let plain = run_fio(&plain_uri, p, seconds)?;
+        let fua = (op == Op::Write).then(|| run_fio(&fua_uri, p, seconds)).transpose()?;
+        rows.push((format!("{} 4096 B 3 clients qd1", op.json_key()), ours, plain, fua, "iops".into()));
+    }
+
+    print_report(&rows, seconds, markdown);
+    Ok(())
+}
+
+fn print_report(rows: &[(String, Measured, Measured, Option<Measured>, String)], seconds: u64, markdown: bool) {
+    let fmt_opt = |m: &Option<Measured>, f: fn(&Measured) -> String| m.as_ref().map(f).unwrap_or_else(|| "-".into());
+    println!("\nfio nbd engine, {seconds} s per point, 4 MiB file; latency = completion latency in microseconds\n");
+    if markdown {
+        println!("| point | ours p50 / p99 | nbdkit p50 / p99 | nbdkit+FUA p50 / p99 | ours IOPS | nbdkit IOPS | nbdkit+FUA IOPS | ratio | bar |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+    }
+    for (name, ours, plain, fua, kind) in rows {
+        let (ratio, bar) = if kind == "latency" {
+            if name.starts_with("write") {
+                let f = fua.expect("write rows have a FUA baseline");
+                (format!("p50 {:.2}x nbdkit+FUA", ours.p50_us / f.p50_us), ours.p50_us <= 1.5 * f.p50_us)
+            } else {
+                (format!("p50 {:.2}x nbdkit", ours.p50_us / plain.p50_us), ours.p50_us <= 2.0 * plain.p50_us)
+            }
+        } else if name.starts_with("write") && name.contains("qd8") {
+            let f = fua.expect("write rows have a FUA baseline");
+            (format!("IOPS {:.2}x nbdkit+FUA", ours.iops / f.iops), ours.iops >= 0.5 * f.iops)
+        } else {
+            let base = fua.unwrap_or(*plain);
+            let label = if fua.is_some() { "nbdkit+FUA" } else { "nbdkit" };
+            (format!("IOPS {:.2}x {label}", ours.iops / base.iops), true)
+        };
+        let bar_text = if kind == "latency" || name.contains("qd8") && name.starts_with("write") {
+            if bar { "met" } else { "MISSED" }
+        } else {
+            "(no bar)"
+        };
+        let lat = |m: &Measured| format!("{:.1} / {:.1}", m.p50_us, m.p99_us);
+        let iops = |m: &Measured| format!("{:.0}", m.iops);
+        if markdown {
+            println!(
+                "| {name} | {} | {} | {} | {} | {} | {} | {ratio} | {bar_text} |",
+                lat(ours), lat(plain), fmt_opt(fua, lat), iops(ours), iops(plain), fmt_opt(fua, iops)
+            );
+        } else {
+            println!(
+                "{name:<28} ours {:>14} us {:>8} IOPS | nbdkit {:>14} us {:>8} IOPS | nbdkit+FUA {:>14} us {:>8} IOPS | {ratio} [{bar_text}]",
+                lat(ours), iops(ours), lat(plain), iops(plain), fmt_opt(fua, lat), fmt_opt(fua, iops)
+            );
+        }
+    }
+}
