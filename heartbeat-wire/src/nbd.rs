@@ -645,7 +645,7 @@ mod tests {
     fn oldstyle_greeting_is_refused() {
         let mut g = Vec::new();
         g.extend_from_slice(b"NBDMAGIC");
-        g.extend_from_slice(&0x0042_0281_8612_53u64.to_be_bytes());
+        g.extend_from_slice(&0x0000_4202_8186_1253_u64.to_be_bytes());
         g.extend_from_slice(&[0, 0]);
         assert!(matches!(
             decode_server_greeting(&g),
