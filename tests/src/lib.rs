@@ -5,6 +5,9 @@
 //! Every spawned daemon is killed (SIGKILL) and reaped when its handle drops,
 //! so a failing test never leaves servers behind.
 
+pub mod cluster;
+pub mod supervisor;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::os::unix::fs::FileExt;
@@ -311,6 +314,8 @@ pub struct DiskServerConfig {
     pub arbiter: Option<String>,
     pub extra: Vec<String>,
     pub profile: Profile,
+    /// Extra environment (e.g. the watchdog's `NOTIFY_SOCKET`).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl DiskServerConfig {
@@ -322,6 +327,7 @@ impl DiskServerConfig {
             arbiter: None,
             extra: Vec::new(),
             profile: Profile::Debug,
+            env: Vec::new(),
         }
     }
 
@@ -350,7 +356,7 @@ impl DiskServerConfig {
 pub fn start_disk_server(config: &DiskServerConfig, log_dir: &Path) -> Result<Daemon> {
     let bin = binary("http-disk-server", config.profile);
     let log = log_dir.join(format!("http-disk-server-{}.log", config.port));
-    let mut daemon = Daemon::spawn("http-disk-server", &bin, &config.args(), log)?;
+    let mut daemon = Daemon::spawn_with_env("http-disk-server", &bin, &config.args(), log, &config.env)?;
     daemon.wait_for_line(Duration::from_secs(20), |l| l == "Server ready!")?;
     Ok(daemon)
 }
