@@ -9,4 +9,5 @@
 
 pub mod events2;
 pub mod model;
+pub mod promoter;
 pub mod status;
