@@ -1,0 +1,342 @@
+//! Command line, listeners, readiness line and signal handling.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use heartbeat_wire::nbd;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::handshake::{BlockSize, ExportInfo};
+use crate::server::{serve_connection, ServeConfig};
+use crate::transmission::Limits;
+use crate::upstream::{FailoverDeadline, HttpUpstream, HttpUpstreamConfig};
+
+/// Largest read or write accepted in one NBD request (the advertised maximum
+/// block size): the size the NBD spec says portable clients stay within.
+pub const MAX_REQUEST: u32 = 32 * 1024 * 1024;
+
+const DEADLINE_HELP: &str = "Per-request deadline in milliseconds: a request not served by any \
+upstream within it fails with EIO. Default: (Ws - t2) / (3N + 4) with XHA's statefile watchdog \
+Ws = 75 s, cycle interval t2 = 3 s and N = number of --urls (hosts), clamped to [2 s, 10 s]; \
+a host's worst-case cycle of 1 write + 3 x (N+1) reads must fit inside Ws. N=1: 10 s, N=3: 5.5 s, \
+N=8: 2.6 s.";
+
+/// NBD server backed by http-disk-server, with failover across several URLs.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "nbd-http-server", version, about)]
+pub struct Cli {
+    /// Unix socket to serve NBD on (reference flag).
+    #[arg(long)]
+    pub socket_path: Option<PathBuf>,
+
+    /// Volume name: the NBD export name (the empty default name works too).
+    #[arg(long)]
+    pub nbd_name: String,
+
+    /// Block server URLs, comma separated: http://HOST:PORT[,...].
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub urls: Vec<String>,
+
+    /// Export size in bytes. Without it the size comes from `HEAD /`; with it
+    /// the server starts and answers even when no upstream does.
+    #[arg(long)]
+    pub device_size: Option<u64>,
+
+    /// Extra TCP listener `tcp:ADDR:PORT` (repeatable or comma separated).
+    #[arg(long = "listen", value_delimiter = ',')]
+    pub listen: Vec<String>,
+
+    #[arg(long, help = DEADLINE_HELP)]
+    pub request_deadline_ms: Option<u64>,
+
+    /// TCP connect timeout to an upstream, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub connect_timeout_ms: u64,
+
+    /// Fixed part of the per-attempt upstream timeout, in milliseconds; the
+    /// attempt timeout adds the transfer time at 50 MB/s. An attempt that
+    /// times out fails over; the request goes on until its deadline.
+    #[arg(long, default_value_t = 500)]
+    pub request_timeout_ms: u64,
+
+    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+enum Listener {
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener, String),
+}
+
+impl Listener {
+    fn describe(&self) -> String {
+        match self {
+            Listener::Unix(_, p) => format!("unix:{}", p.display()),
+            Listener::Tcp(_, a) => format!("tcp:{a}"),
+        }
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let volume = cli.nbd_name.clone();
+    if cli.socket_path.is_none() && cli.listen.is_empty() {
+        bail!("volume {volume}: nothing to listen on; pass --socket-path PATH and/or --listen tcp:ADDR:PORT");
+    }
+    let deadline = match cli.request_deadline_ms {
+        Some(ms) => Duration::from_millis(ms),
+        None => FailoverDeadline::for_hosts(cli.urls.len()).0,
+    };
+    let mut upstream_config = HttpUpstreamConfig::new(&volume, cli.urls.clone());
+    upstream_config.connect_timeout = Duration::from_millis(cli.connect_timeout_ms);
+    upstream_config.request_timeout = Duration::from_millis(cli.request_timeout_ms);
+    upstream_config.probe_timeout = upstream_config.connect_timeout + Duration::from_millis(300);
+    let upstream = Arc::new(HttpUpstream::new(upstream_config).map_err(anyhow::Error::msg)?);
+    info!(volume = %volume, urls = %cli.urls.join(","), deadline_ms = deadline.as_millis() as u64, "starting");
+
+    let size = match cli.device_size {
+        Some(size) => {
+            // Find the serving server in the background so the first request
+            // does not pay for the probe; requests work either way.
+            let up = upstream.clone();
+            tokio::spawn(async move {
+                let _ = up.discover(Instant::now() + deadline).await;
+            });
+            size
+        }
+        None => {
+            let wait = Duration::from_secs(30).max(deadline);
+            upstream
+                .discover(Instant::now() + wait)
+                .await
+                .with_context(|| format!("volume {volume}: cannot learn the device size from HEAD /; start an http-disk-server or pass --device-size"))?
+        }
+    };
+
+    let config = Arc::new(ServeConfig {
+        export: ExportInfo {
+            name: volume.clone(),
+            description: format!("{volume} via {}", cli.urls.join(",")),
+            size,
+            transmission_flags: nbd::FLAG_HAS_FLAGS
+                | nbd::FLAG_SEND_FLUSH
+                | nbd::FLAG_SEND_FUA
+                | nbd::FLAG_CAN_MULTI_CONN,
+            block_size: BlockSize {
+                minimum: 512,
+                preferred: 4096,
+                maximum: MAX_REQUEST,
+            },
+        },
+        limits: Limits {
+            size,
+            max_request: MAX_REQUEST,
+            max_discard: heartbeat_wire::DEFAULT_MAX_REQUEST_BYTES as u32,
+        },
+        request_deadline: deadline,
+        max_in_flight: 256,
+    });
+
+    let mut listeners = Vec::new();
+    if let Some(path) = &cli.socket_path {
+        if path.exists() {
+            std::fs::remove_file(path).with_context(|| {
+                format!("volume {volume}: remove stale socket {}", path.display())
+            })?;
+        }
+        let l = UnixListener::bind(path).with_context(|| {
+            format!(
+                "volume {volume}: cannot listen on Unix socket {}",
+                path.display()
+            )
+        })?;
+        listeners.push(Listener::Unix(l, path.clone()));
+    }
+    for spec in &cli.listen {
+        let addr = spec.trim().strip_prefix("tcp:").with_context(|| {
+            format!("volume {volume}: --listen {spec:?} must look like tcp:ADDR:PORT")
+        })?;
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("volume {volume}: cannot listen on TCP {addr}"))?;
+        let local = l
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| addr.to_owned());
+        listeners.push(Listener::Tcp(l, local));
+    }
+
+    let names: Vec<String> = listeners.iter().map(Listener::describe).collect();
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "NBD server ready on {}", names.join(", "))?;
+        out.flush()?;
+    }
+    info!(volume = %volume, size, listeners = %names.join(", "), "NBD server ready");
+    warn!(volume = %volume, "the kernel device /dev/nbdN is NOT attached by this build; connect an NBD client to the socket (kernel attach comes with a later release)");
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let mut accept_tasks = Vec::new();
+    for listener in listeners {
+        let (config, upstream, shutdown, done) = (
+            config.clone(),
+            upstream.clone(),
+            shutdown_rx.clone(),
+            done_tx.clone(),
+        );
+        accept_tasks.push(tokio::spawn(accept_loop(
+            listener, config, upstream, shutdown, done,
+        )));
+    }
+    drop(done_tx);
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let signal = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    info!(volume = %volume, "{signal}: no new connections; finishing requests in flight");
+    let _ = shutdown_tx.send(true);
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    let drained = tokio::time::timeout(deadline + Duration::from_secs(2), done_rx.recv()).await;
+    if drained.is_err() {
+        warn!(volume = %volume, "some requests were still in flight at exit");
+    }
+    if let Some(path) = &cli.socket_path {
+        let _ = std::fs::remove_file(path);
+    }
+    info!(volume = %volume, "stopped");
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: Listener,
+    config: Arc<ServeConfig>,
+    upstream: Arc<HttpUpstream>,
+    mut shutdown: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => return,
+            a = accept(&listener) => a,
+        };
+        let (reader, writer, peer): (
+            Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+            String,
+        ) = match accepted {
+            Ok(parts) => parts,
+            Err(e) => {
+                warn!(volume = %config.export.name, "accept on {} failed: {e}", listener.describe());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (config, upstream, shutdown, done) = (
+            config.clone(),
+            upstream.clone(),
+            shutdown.clone(),
+            done.clone(),
+        );
+        tokio::spawn(async move {
+            serve_connection(reader, writer, config, upstream, shutdown, peer).await;
+            drop(done);
+        });
+    }
+}
+
+type Halves = (
+    Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+    String,
+);
+
+async fn accept(listener: &Listener) -> std::io::Result<Halves> {
+    match listener {
+        Listener::Unix(l, path) => {
+            let (s, _) = l.accept().await?;
+            let (r, w) = s.into_split();
+            Ok((Box::new(r), Box::new(w), format!("unix:{}", path.display())))
+        }
+        Listener::Tcp(l, _) => {
+            let (s, peer) = l.accept().await?;
+            s.set_nodelay(true)?;
+            let (r, w) = s.into_split();
+            Ok((Box::new(r), Box::new(w), format!("tcp:{peer}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_deadlines_follow_xha_budget() {
+        assert_eq!(FailoverDeadline::for_hosts(1).0, Duration::from_secs(10));
+        let three = FailoverDeadline::for_hosts(3).0.as_millis();
+        assert!((5500..5600).contains(&three), "{three}");
+        let eight = FailoverDeadline::for_hosts(8).0.as_millis();
+        assert!((2500..2700).contains(&eight), "{eight}");
+        assert_eq!(FailoverDeadline::for_hosts(64).0, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn reference_command_line_parses() {
+        let cli = Cli::try_parse_from([
+            "nbd-http-server",
+            "--socket-path",
+            "/run/x.sock",
+            "--nbd-name",
+            "hb",
+            "--urls",
+            "http://a:8076,http://b:8076",
+            "--device-size",
+            "4194304",
+        ])
+        .unwrap();
+        assert_eq!(cli.urls.len(), 2);
+        assert_eq!(cli.device_size, Some(4194304));
+        let cli = Cli::try_parse_from([
+            "nbd-http-server",
+            "--nbd-name",
+            "hb",
+            "--urls",
+            "http://a:1",
+            "--listen",
+            "tcp:127.0.0.1:0,tcp:[::1]:0",
+            "--listen",
+            "tcp:0.0.0.0:10809",
+            "-vv",
+        ])
+        .unwrap();
+        assert_eq!(cli.listen.len(), 3);
+        assert_eq!(cli.verbose, 2);
+    }
+}
