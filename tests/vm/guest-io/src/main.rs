@@ -1,0 +1,168 @@
+//! Statefile-style block I/O for the test VMs, the way XCP-ng's xhad does it
+//! on an NBD device: `open(O_RDWR | O_DIRECT | O_SYNC)`, 4096-aligned buffers,
+//! 512-aligned offsets, one request at a time.
+//!
+//! ```text
+//! guest-io write  DEV OFFSET LEN SEED         one write(2) of LEN pattern bytes
+//! guest-io verify DEV OFFSET LEN SEED [UNIT]  O_DIRECT reads of UNIT (512) bytes, compared
+//! guest-io lbs    DEV                         print the logical block size (BLKSSZGET)
+//! ```
+//!
+//! The pattern is the xorshift sequence of `heartbeat_tests::pseudo_random_bytes`
+//! so the host can check the backing file with the same function. Exit status
+//! 0 on success, 1 on a failed check, 2 on a usage or I/O error; the last line
+//! on stdout says which.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::process::ExitCode;
+
+// x86_64 Linux values (the guest and the host are both x86_64).
+const O_DIRECT: i32 = 0o40000;
+const O_SYNC: i32 = 0o4010000;
+const BLKSSZGET: u64 = 0x1268;
+const ALIGN: usize = 4096;
+
+extern "C" {
+    fn ioctl(fd: i32, request: u64, ...) -> i32;
+}
+
+/// A zeroed buffer aligned for O_DIRECT.
+struct AlignedBuf {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> Self {
+        let layout = Layout::from_size_align(len.max(1), ALIGN).expect("buffer layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        assert!(!ptr.is_null(), "out of memory for a {len}-byte buffer");
+        Self { ptr, layout }
+    }
+
+    fn as_mut_slice(&mut self, len: usize) -> &mut [u8] {
+        assert!(len <= self.layout.size());
+        // SAFETY: ptr is valid for layout.size() bytes and uniquely owned.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated with this layout in `new`.
+        unsafe { dealloc(self.ptr, self.layout) }
+    }
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn open_statefile_style(dev: &str) -> Result<File, String> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(O_DIRECT | O_SYNC)
+        .open(dev)
+        .map_err(|e| format!("open {dev} O_RDWR|O_DIRECT|O_SYNC: {e}"))
+}
+
+fn parse(arg: Option<&String>, what: &str) -> Result<u64, String> {
+    let s = arg.ok_or_else(|| format!("missing {what}"))?;
+    s.parse().map_err(|e| format!("bad {what} {s:?}: {e}"))
+}
+
+fn run(args: &[String]) -> Result<bool, String> {
+    let cmd = args.get(1).map(String::as_str).unwrap_or("");
+    let dev = args.get(2).ok_or("missing DEV")?.as_str();
+    match cmd {
+        "lbs" => {
+            let file = File::open(dev).map_err(|e| format!("open {dev}: {e}"))?;
+            let mut size: i32 = 0;
+            // SAFETY: BLKSSZGET writes one int through the pointer.
+            let rc = unsafe { ioctl(file.as_raw_fd(), BLKSSZGET, &mut size as *mut i32) };
+            if rc != 0 {
+                return Err(format!(
+                    "BLKSSZGET on {dev}: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            println!("lbs {size}");
+            Ok(true)
+        }
+        "write" => {
+            let offset = parse(args.get(3), "OFFSET")?;
+            let len = parse(args.get(4), "LEN")? as usize;
+            let seed = parse(args.get(5), "SEED")?;
+            let file = open_statefile_style(dev)?;
+            let mut buf = AlignedBuf::new(len);
+            buf.as_mut_slice(len).copy_from_slice(&pattern(len, seed));
+            let n = file
+                .write_at(buf.as_mut_slice(len), offset)
+                .map_err(|e| format!("write {len} bytes at {offset} on {dev}: {e}"))?;
+            if n != len {
+                println!("short write: {n} of {len} bytes at {offset}");
+                return Ok(false);
+            }
+            println!("wrote {len} bytes at {offset} seed {seed}");
+            Ok(true)
+        }
+        "verify" => {
+            let offset = parse(args.get(3), "OFFSET")?;
+            let len = parse(args.get(4), "LEN")? as usize;
+            let seed = parse(args.get(5), "SEED")?;
+            let unit = match args.get(6) {
+                Some(_) => parse(args.get(6), "UNIT")? as usize,
+                None => 512,
+            };
+            let file = open_statefile_style(dev)?;
+            let want = pattern(len, seed);
+            let mut buf = AlignedBuf::new(unit);
+            let mut done = 0;
+            while done < len {
+                let chunk = unit.min(len - done);
+                let at = offset + done as u64;
+                let n = file
+                    .read_at(buf.as_mut_slice(chunk), at)
+                    .map_err(|e| format!("read {chunk} bytes at {at} on {dev}: {e}"))?;
+                if n != chunk {
+                    println!("short read: {n} of {chunk} bytes at {at}");
+                    return Ok(false);
+                }
+                if buf.as_mut_slice(chunk) != &want[done..done + chunk] {
+                    println!("mismatch in the {chunk} bytes at {at}");
+                    return Ok(false);
+                }
+                done += chunk;
+            }
+            println!("verified {len} bytes at {offset} seed {seed} in {unit}-byte reads");
+            Ok(true)
+        }
+        _ => Err(format!("unknown command {cmd:?} (write, verify, lbs)")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            println!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
