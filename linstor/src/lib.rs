@@ -7,6 +7,7 @@
 //! - [`drbdsetup`]: running `drbdsetup` with timeouts and exit-code classes;
 //! - [`promoter`]: the election as a sans-I/O state machine.
 
+pub mod drbdsetup;
 pub mod events2;
 pub mod model;
 pub mod promoter;
