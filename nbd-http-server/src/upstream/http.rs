@@ -350,9 +350,11 @@ impl HttpUpstream {
                 let old_url = current.as_ref().map(|t| t.endpoint.url.clone());
                 let same = old_url.as_deref() == Some(winner.url.as_str());
                 if same {
-                    // Same server still serving: the failure was transient;
-                    // its idle connections were dropped already.
-                    return Ok(true);
+                    // The same server still claims to serve: the failure was
+                    // its own (a 5xx, a reset). Back off before retrying so a
+                    // sick server is not hammered; stale idle connections
+                    // were already retried in the pool.
+                    return Ok(false);
                 }
                 let endpoint =
                     Endpoint::parse(&winner.url).map_err(|e| format!("bad hinted URL: {e}"))?;
