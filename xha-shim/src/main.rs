@@ -1,1 +1,285 @@
-fn main() {}
+//! `xha-shim`: initialise, inspect and exercise an XHA statefile on a path or
+//! an NBD export.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use xha_shim::emulator::{emulated_host_uuid, HostConfig};
+use xha_shim::heartbeat::{run_emulation, EmulationConfig};
+use xha_shim::pool::{initialise, read_statefile, InitSpec, Inspection};
+use xha_shim::statefile::{PoolState, StatefileUuid, MAX_HOSTS};
+use xha_shim::target::open_target;
+use xha_shim::timeouts::{
+    Timeouts, DEFAULT_JITTER, DEFAULT_TIMEOUT_BASE_SECS, MIN_TIMEOUT_BASE_SECS,
+};
+
+/// The XHA side of the heartbeat proxy: statefile tools and a heartbeat
+/// emulator that behaves like xhad's statefile thread.
+///
+/// A TARGET is a path (file or block device; opened O_RDWR|O_DIRECT, plus
+/// O_SYNC on an NBD device, like XCP-ng's xhad) or an NBD URI
+/// (nbd+unix:///NAME?socket=PATH or nbd://HOST:PORT/NAME).
+#[derive(Parser)]
+#[command(name = "xha-shim", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Init(InitArgs),
+    Inspect(InspectArgs),
+    Heartbeat(HeartbeatArgs),
+}
+
+/// Initialise a statefile like `ha_set_pool_state init`: one 266,240-byte
+/// write of zeros, then the global section, then all 64 host sections.
+#[derive(Args)]
+struct InitArgs {
+    /// The statefile TARGET (path or NBD URI).
+    device: String,
+    /// Hosts in the pool (config_hosts), 1 to 64.
+    #[arg(long)]
+    hosts: usize,
+    /// Generation UUID (random if absent).
+    #[arg(long)]
+    gen_uuid: Option<StatefileUuid>,
+    /// UUID of host i, repeated in host order (default: the emulator's
+    /// e0a1a7ed... UUIDs, so `heartbeat` matches without being told).
+    #[arg(long = "host-uuid")]
+    host_uuids: Vec<StatefileUuid>,
+    /// Index of the master host.
+    #[arg(long, default_value_t = 0)]
+    master: usize,
+    /// Write pool state ACTIVE instead of INIT.
+    #[arg(long)]
+    active: bool,
+}
+
+/// Decode a statefile and show the pool and every configured host.
+#[derive(Args)]
+struct InspectArgs {
+    /// The statefile TARGET (path or NBD URI).
+    device: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Emulate N hosts' statefile threads and judge each as xhad would.
+///
+/// Every host opens its own target once and, every StateFileInterval (+-500 ms
+/// jitter seeded from its UUID), writes its own 1 KiB section with sequence+1
+/// (once it has read the file whole), then reads the global section and every
+/// configured host section, retrying failed pieces up to 3 times with 1 s
+/// pauses. Exit status 1 if any host would lose statefile access or be fenced.
+#[derive(Args)]
+struct HeartbeatArgs {
+    /// Statefile TARGET of each host, in host order; one TARGET is shared by
+    /// all hosts (each still opens it separately).
+    #[arg(long = "target", required = true)]
+    targets: Vec<String>,
+    /// Hosts to emulate (the statefile's config_hosts if absent).
+    #[arg(long)]
+    hosts: Option<usize>,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    /// Base timeout t in seconds, from which all timeouts derive as xapi does
+    /// (t2 = max(2, t/20), T2 = t, Ws = T2 + 15).
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT_BASE_SECS)]
+    timeout_base: u64,
+    /// Override StateFileInterval t2, in ms (for tests).
+    #[arg(long)]
+    interval_ms: Option<u64>,
+    /// Override StateFileTimeout T2, in ms (Ws follows as T2 + 15 s).
+    #[arg(long)]
+    sf_timeout_ms: Option<u64>,
+    /// Override StateFileWatchdogTimeout Ws, in ms.
+    #[arg(long)]
+    watchdog_ms: Option<u64>,
+    /// Half-width of the per-cycle jitter, in ms.
+    #[arg(long, default_value_t = DEFAULT_JITTER.as_millis() as u64)]
+    jitter_ms: u64,
+    /// Cycle every 400 ms, as xhad does during fault handling.
+    #[arg(long)]
+    accelerated: bool,
+    /// UUID of host i, repeated in host order (default: the emulator's).
+    #[arg(long = "host-uuid")]
+    host_uuids: Vec<StatefileUuid>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xha-shim: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Init(a) => init(a),
+        Command::Inspect(a) => inspect(a),
+        Command::Heartbeat(a) => heartbeat(a),
+    }
+}
+
+fn init(a: InitArgs) -> Result<ExitCode> {
+    if a.hosts == 0 || a.hosts > MAX_HOSTS {
+        bail!(
+            "--hosts {} is out of range: a statefile holds 1 to {MAX_HOSTS} hosts",
+            a.hosts
+        );
+    }
+    if a.master >= a.hosts {
+        bail!("--master {} is not one of the {} hosts", a.master, a.hosts);
+    }
+    let gen_uuid = a.gen_uuid.unwrap_or_else(StatefileUuid::random);
+    let mut spec = InitSpec::emulated(a.hosts, gen_uuid);
+    if !a.host_uuids.is_empty() {
+        if a.host_uuids.len() != a.hosts {
+            bail!(
+                "{} --host-uuid given for {} hosts; give one per host or none",
+                a.host_uuids.len(),
+                a.hosts
+            );
+        }
+        spec.host_uuids = a.host_uuids;
+    }
+    spec.master = spec.host_uuids[a.master];
+    if a.active {
+        spec.pool_state = PoolState::Active;
+    }
+    let mut target = open_target(&a.device)?;
+    initialise(&mut *target, &spec).with_context(|| {
+        format!(
+            "initialising statefile {} (it must be at least 266240 bytes and writable)",
+            a.device
+        )
+    })?;
+    println!(
+        "initialised statefile {}: generation {}, {} hosts, pool state {}",
+        a.device, spec.gen_uuid, spec.config_hosts, spec.pool_state
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(a: InspectArgs) -> Result<ExitCode> {
+    let mut target = open_target(&a.device)?;
+    let image =
+        read_statefile(&mut *target).with_context(|| format!("reading statefile {}", a.device))?;
+    let ins = Inspection::new(a.device.clone(), &image);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&ins)?);
+    } else {
+        print!("{}", ins.to_table());
+    }
+    Ok(if ins.all_checksums_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn heartbeat(a: HeartbeatArgs) -> Result<ExitCode> {
+    if a.timeout_base < MIN_TIMEOUT_BASE_SECS {
+        bail!(
+            "--timeout-base {} is below xapi's minimum of {MIN_TIMEOUT_BASE_SECS} s; use --interval-ms/--sf-timeout-ms for shorter test timings",
+            a.timeout_base
+        );
+    }
+    if !(a.duration > 0.0 && a.duration.is_finite()) {
+        bail!("--duration must be a positive number of seconds");
+    }
+    let timeouts = Timeouts::derive(a.timeout_base).with_overrides(
+        a.interval_ms.map(Duration::from_millis),
+        a.sf_timeout_ms.map(Duration::from_millis),
+        a.watchdog_ms.map(Duration::from_millis),
+    );
+    let n = match a.hosts {
+        Some(n) => n,
+        None => {
+            let mut t = open_target(&a.targets[0])?;
+            let image = read_statefile(&mut *t)
+                .with_context(|| format!("reading statefile {}", a.targets[0]))?;
+            let g = image.global.with_context(|| {
+                format!(
+                    "no --hosts given and the global section of {} is unreadable",
+                    a.targets[0]
+                )
+            })?;
+            g.config_hosts as usize
+        }
+    };
+    if n == 0 || n > MAX_HOSTS {
+        bail!("{n} hosts is out of range: 1 to {MAX_HOSTS}");
+    }
+    if a.targets.len() != 1 && a.targets.len() != n {
+        bail!(
+            "{} --target given for {n} hosts; give one per host, or one for all",
+            a.targets.len()
+        );
+    }
+    if !a.host_uuids.is_empty() && a.host_uuids.len() != n {
+        bail!(
+            "{} --host-uuid given for {n} hosts; give one per host or none",
+            a.host_uuids.len()
+        );
+    }
+    let mut targets = Vec::with_capacity(n);
+    let mut hosts = Vec::with_capacity(n);
+    for i in 0..n {
+        let spec = if a.targets.len() == 1 {
+            &a.targets[0]
+        } else {
+            &a.targets[i]
+        };
+        targets.push(open_target(spec).with_context(|| format!("host {i}"))?);
+        hosts.push(HostConfig {
+            index: i,
+            uuid: a
+                .host_uuids
+                .get(i)
+                .copied()
+                .unwrap_or_else(|| emulated_host_uuid(i)),
+            config_hosts: n,
+            timeouts,
+            accelerated: a.accelerated,
+            jitter: Duration::from_millis(a.jitter_ms),
+            expected_gen_uuid: None,
+        });
+    }
+    let report = run_emulation(
+        EmulationConfig {
+            hosts,
+            duration: Duration::from_secs_f64(a.duration),
+        },
+        targets,
+    );
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(if report.any_hurt {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
