@@ -26,6 +26,27 @@
 //! as XCP-ng configures existing statefile volumes) opening the device
 //! read-write *is* the promotion and closing it is the demotion: no
 //! `primary`/`secondary` commands are run.
+//! If DRBD does not auto-demote on that close (another local opener), the
+//! role stays Primary and is not retried here; `drbdsetup status` shows it.
+//!
+//! The caller's loop, in outline (the arbiter glue owns it):
+//!
+//! ```text
+//! feed = Events2Feed::new(drbdsetup, res); model = ResourceModel::new(res, opts)
+//! loop select {
+//!   item = feed.next()           => Started: model.reset()
+//!                                   Line(l): if model.apply(&l) changed and
+//!                                   ClusterView::from_view(&model.view()) is Some(v):
+//!                                   run(promoter.handle(now, Input::View(v)))
+//!   sleep_until(next_wake())     => run(promoter.handle(now, Input::Tick))
+//!   server says EIO/hang         => run(promoter.handle(now, Input::StepDown(..)))
+//!   SIGTERM                      => run(promoter.handle(now, Input::Shutdown))
+//! }
+//! run(actions): for each action in order; RunPrimary -> drbdsetup.primary(res)
+//!   then handle(now, Input::PrimaryResult(drbdsetup::outcome(&result))), and
+//!   likewise for OpenDevice / RunSecondary / RunSecondaryForce; Escalate ->
+//!   exit non-zero; ShutdownComplete -> exit zero.
+//! ```
 
 use std::time::{Duration, Instant};
 
@@ -577,12 +598,14 @@ impl Promoter {
             }
             Phase::Standby | Phase::Waiting { .. } => {
                 self.phase = Phase::Standby;
-                self.next_check = None;
                 if self.shutting_down {
                     self.phase = Phase::Stopped;
                     actions.push(Action::ShutdownComplete);
                 } else {
-                    self.cooldown_until = Some(now + self.config.cooldown_after_step_down);
+                    let until = now + self.config.cooldown_after_step_down;
+                    self.cooldown_until = Some(until);
+                    // may_promote may hold throughout: look again when the cooldown ends.
+                    self.next_check = Some(until);
                 }
             }
             // Already going down: `shutting_down` decides where it ends.
@@ -1143,6 +1166,48 @@ mod tests {
             .handle(now + Duration::from_millis(500), Input::Tick)
             .is_empty());
         assert!(p.next_wake().unwrap() >= now + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn step_down_while_waiting_retries_after_cooldown() {
+        let now = Instant::now();
+        let mut p = Promoter::new(PromoterConfig::default(), now, 0);
+        let view = ClusterView {
+            may_promote: true,
+            local_primary: false,
+            quorum: true,
+            force_io_failures: false,
+            peer_primary: false,
+            local_disk: Some(DiskState::Diskless),
+        };
+        assert!(matches!(
+            p.handle(now, Input::View(view))[..],
+            [Action::SchedulePromotion { .. }]
+        ));
+        assert!(p
+            .handle(now, Input::StepDown(StepDownReason::IoHang))
+            .is_empty());
+        assert_eq!(p.phase(), Phase::Standby);
+        let until = now + Duration::from_secs(2);
+        assert_eq!(p.next_wake(), Some(until));
+        assert!(p
+            .handle(now + Duration::from_secs(1), Input::Tick)
+            .is_empty());
+        assert!(matches!(
+            p.handle(until, Input::Tick)[..],
+            [Action::SchedulePromotion { at, .. }] if at == until + Duration::from_secs(3)
+        ));
+    }
+
+    #[test]
+    fn shutdown_in_standby_completes_at_once() {
+        let now = Instant::now();
+        let mut p = Promoter::new(PromoterConfig::default(), now, 0);
+        assert_eq!(
+            p.handle(now, Input::Shutdown),
+            vec![Action::ShutdownComplete]
+        );
+        assert_eq!(p.phase(), Phase::Stopped);
     }
 
     #[test]
