@@ -1,1 +1,320 @@
-pub fn placeholder() {}
+//! `http-disk-server`: serves one disk (a DRBD device or an image file) over
+//! the reference HTTP block protocol, but only while it holds the role its
+//! arbiter grants; otherwise it listens and answers 503 with a hint.
+//!
+//! Layout: [`disk`] (positioned durable I/O), [`range_lock`], [`arbiter`]
+//! (who serves), [`gate`] (grants -> "may this request touch the disk"),
+//! [`http`] (the protocol), [`liveness`] (systemd notify, freeze detector),
+//! [`metrics`]. [`run`] wires them together.
+
+pub mod aligned;
+pub mod arbiter;
+pub mod disk;
+pub mod gate;
+pub mod http;
+pub mod liveness;
+pub mod metrics;
+pub mod range_lock;
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::arbiter::{Arbiter, ArbiterContext, ArbiterKind, Grant};
+use crate::disk::{DirectIo, DiskProbe, FileDisk};
+use crate::gate::{DiskOpener, Gate};
+use crate::http::{DiskService, HttpConfig};
+use crate::liveness::{DiskHealth, FreezeDetector};
+
+/// HTTP block server for one replicated volume.
+///
+/// Drop-in compatible with the reference `http-disk-server --disk --ip --port`:
+/// prints `Server ready!` on stdout once it listens, in any role.
+///
+/// Arbiters: `drbd` (default for DRBD devices, major 147) lets DRBD decide;
+/// `file` (default otherwise) uses an OFD lock on the disk file and is SAFE ON
+/// ONE MACHINE ONLY, never across hosts; `none` always serves (one server, tests
+/// and benchmarks only).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "http-disk-server", version)]
+pub struct Args {
+    /// Block device or regular file to export.
+    #[arg(long)]
+    pub disk: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub ip: IpAddr,
+    /// TCP port to listen on.
+    #[arg(long, default_value_t = 8076)]
+    pub port: u16,
+    /// More logging (debug level).
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Largest byte count one GET or PUT may carry.
+    #[arg(long, default_value_t = heartbeat_wire::DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: u64,
+    /// Who decides whether this server serves. Default: drbd for DRBD devices,
+    /// else file. `file` is single-machine only, never multi-host safe.
+    #[arg(long, value_enum)]
+    pub arbiter: Option<ArbiterKind>,
+    /// URL other hosts use to reach this server (default http://IP:PORT).
+    #[arg(long)]
+    pub advertise_url: Option<String>,
+    /// Longest a single disk operation may take; past it the request fails
+    /// with 500 and this server steps down.
+    #[arg(long, default_value_t = 2000)]
+    pub io_deadline_ms: u64,
+    /// O_DIRECT policy: auto = block devices direct, files buffered (+O_DSYNC).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub direct_io: DirectIo,
+    /// File arbiter: sidecar holding the epoch and serving URL (default <disk>.epoch).
+    #[arg(long)]
+    pub epoch_file: Option<PathBuf>,
+    /// A gap this long between two ticks of the freeze detector (process
+    /// stopped, host frozen) makes the server step down before serving again.
+    #[arg(long, default_value_t = 3000)]
+    pub freeze_threshold_ms: u64,
+    /// Close connections that do not send a complete request head within this.
+    #[arg(long, default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    #[arg(long, default_value_t = 5_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Args {
+    pub fn advertise_url(&self) -> String {
+        self.advertise_url.clone().unwrap_or_else(|| match self.ip {
+            IpAddr::V6(ip) => format!("http://[{ip}]:{}", self.port),
+            IpAddr::V4(ip) => format!("http://{ip}:{}", self.port),
+        })
+    }
+}
+
+/// Pick and build the arbiter.
+pub fn make_arbiter(args: &Args, probe: &DiskProbe) -> anyhow::Result<Box<dyn Arbiter>> {
+    let kind = args.arbiter.unwrap_or(if probe.is_drbd() {
+        ArbiterKind::Drbd
+    } else {
+        ArbiterKind::File
+    });
+    Ok(match kind {
+        ArbiterKind::File => Box::new(arbiter::file::FileArbiter::new(
+            &args.disk,
+            args.epoch_file.clone(),
+        )),
+        ArbiterKind::None => Box::new(arbiter::none::NoArbiter),
+        ArbiterKind::Drbd => anyhow::bail!(
+            "the drbd arbiter for {} is not built into this version yet; pass --arbiter file (single machine only) or --arbiter none (tests)",
+            args.disk.display()
+        ),
+    })
+}
+
+/// Run the server until SIGTERM/SIGINT. Returns Ok for an orderly exit.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let probe = DiskProbe::probe(&args.disk)?;
+    let arbiter = make_arbiter(&args, &probe)?;
+    let arbiter_name = arbiter.name();
+    let advertise_url = args.advertise_url();
+    let addr = SocketAddr::new(args.ip, args.port);
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot listen on {addr} for disk {}: is another server already using the port?",
+            args.disk.display()
+        )
+    })?;
+    let io_deadline = Duration::from_millis(args.io_deadline_ms.max(1));
+
+    let (step_tx, step_rx) = mpsc::unbounded_channel();
+    let (grant_tx, grant_rx) = watch::channel(Grant::standby("starting"));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let gate = Gate::new(step_tx, io_deadline);
+    let freeze = FreezeDetector::new(
+        Duration::from_millis(100),
+        Duration::from_millis(args.freeze_threshold_ms.max(200)),
+    );
+    let health = Arc::new(DiskHealth::default());
+    let service = Arc::new(DiskService {
+        cfg: HttpConfig {
+            device: args.disk.display().to_string(),
+            arbiter: arbiter_name,
+            max_request_bytes: args.max_request_bytes,
+            io_deadline,
+            stuck_exit_after: (io_deadline * 10).max(Duration::from_secs(30)),
+            body_idle_timeout: Duration::from_millis(args.header_timeout_ms.max(100)),
+            probed_size: probe.size,
+        },
+        gate: Arc::clone(&gate),
+        locks: range_lock::RangeLock::new(),
+        metrics: Default::default(),
+        health: Arc::clone(&health),
+        freeze: Arc::clone(&freeze),
+    });
+
+    let disk_path = args.disk.clone();
+    let direct = args.direct_io;
+    let opener: DiskOpener =
+        Arc::new(move || Ok(Arc::new(FileDisk::open(&disk_path, direct)?) as Arc<dyn disk::Disk>));
+    let follower = tokio::spawn(Arc::clone(&gate).follow(grant_rx, opener));
+    let arbiter_task = tokio::spawn(arbiter.run(ArbiterContext {
+        grant: grant_tx,
+        step_down: step_rx,
+        shutdown: shutdown_rx.clone(),
+        advertise_url: advertise_url.clone(),
+        disk: args.disk.clone(),
+    }));
+    spawn_freeze_ticker(Arc::clone(&freeze), Arc::clone(&gate));
+    spawn_watchdog(Arc::clone(&health), Arc::clone(&freeze));
+
+    tracing::info!(disk = %args.disk.display(), %addr, url = %advertise_url, arbiter = arbiter_name, size = probe.size, "listening");
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "Server ready!")?;
+        out.flush()?;
+    }
+    liveness::sd_notify("READY=1");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let connections = Arc::new(AtomicUsize::new(0));
+    let header_timeout = Duration::from_millis(args.header_timeout_ms.max(100));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut arbiter_task = arbiter_task;
+    let arbiter_result = loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed; continuing");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let svc = Arc::clone(&service);
+                let mut stop = stop_rx.clone();
+                let conns = Arc::clone(&connections);
+                conns.fetch_add(1, Ordering::AcqRel);
+                tokio::spawn(async move {
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(header_timeout)
+                        .keep_alive(true)
+                        .serve_connection(
+                            TokioIo::new(stream),
+                            service_fn(move |req| Arc::clone(&svc).handle(req)),
+                        );
+                    tokio::pin!(conn);
+                    let stopping = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    let result = tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = stopping => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.as_mut().await
+                        }
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    conns.fetch_sub(1, Ordering::AcqRel);
+                });
+            }
+            _ = sigterm.recv() => break None,
+            _ = sigint.recv() => break None,
+            r = &mut arbiter_task => break Some(r),
+        }
+    };
+    drop(listener);
+    if let Some(r) = arbiter_result {
+        // The arbiter is the authority on the role; without it we must not serve.
+        gate.close_for_shutdown().await;
+        return match r {
+            Ok(Ok(())) => Err(anyhow::anyhow!(
+                "the {arbiter_name} arbiter stopped unexpectedly for {}",
+                args.disk.display()
+            )),
+            Ok(Err(e)) => Err(e.context(format!(
+                "the {arbiter_name} arbiter failed for {}",
+                args.disk.display()
+            ))),
+            Err(e) => Err(anyhow::anyhow!("the {arbiter_name} arbiter crashed: {e}")),
+        };
+    }
+    tracing::info!(disk = %args.disk.display(), "shutting down: finishing in-flight requests");
+    liveness::sd_notify("STOPPING=1");
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_millis(args.shutdown_grace_ms);
+    let drained = tokio::time::timeout(grace, async {
+        while connections.load(Ordering::Acquire) > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.load(Ordering::Acquire),
+            "connections still open after {grace:?}; closing them"
+        );
+    }
+    gate.close_for_shutdown().await;
+    let _ = shutdown_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(5), arbiter_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => {
+            tracing::error!(error = %format!("{e:#}"), "arbiter failed while releasing the role")
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "arbiter crashed while releasing the role"),
+        Err(_) => tracing::error!("arbiter did not release the role within 5 s; exiting anyway"),
+    }
+    follower.abort();
+    tracing::info!(disk = %args.disk.display(), "stopped");
+    Ok(())
+}
+
+fn spawn_freeze_ticker(freeze: Arc<FreezeDetector>, gate: Arc<Gate>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(freeze.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Some(stalled) = freeze.on_tick() {
+                tracing::error!(?stalled, "this process did not run for {stalled:?} (stopped or frozen); another server may have taken over");
+                let st = gate.snapshot();
+                if st.role() == heartbeat_wire::Role::Serving {
+                    gate.step_down(st.epoch(), arbiter::StepDownCause::Frozen { stalled });
+                }
+            }
+        }
+    });
+}
+
+fn spawn_watchdog(health: Arc<DiskHealth>, freeze: Arc<FreezeDetector>) {
+    let Some(interval) = liveness::watchdog_interval() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval / 2);
+        loop {
+            tick.tick().await;
+            if health.healthy() && freeze.stalled().is_none() {
+                liveness::sd_notify("WATCHDOG=1");
+            } else {
+                tracing::warn!("disk path unhealthy: withholding the watchdog ping");
+            }
+        }
+    });
+}

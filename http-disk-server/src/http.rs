@@ -1,0 +1,592 @@
+//! The HTTP block protocol: one handler per request, the role checked on
+//! every request, disk I/O handed to a blocking thread under a deadline.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use heartbeat_wire::{
+    range::RangeRequest, ByteRange, ContentRange, RangeError, ServerStatus, HEADER_EPOCH,
+    HEADER_ROLE, HEADER_SERVING_URL, METRICS_PATH, STATUS_PATH,
+};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::aligned::AlignedBuf;
+use crate::arbiter::StepDownCause;
+use crate::disk::{covering_span, Disk, DiskError};
+use crate::gate::{Gate, GateState};
+use crate::liveness::{DiskHealth, FreezeDetector};
+use crate::metrics::{Metrics, Op};
+use crate::range_lock::{LockMode, RangeLock};
+
+pub type Body = Full<Bytes>;
+
+/// Exit code when a disk operation is stuck in the kernel for good: the
+/// service manager restarts us (and the kernel drops our locks).
+pub const EXIT_DISK_STUCK: i32 = 75;
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub device: String,
+    pub arbiter: &'static str,
+    pub max_request_bytes: u64,
+    pub io_deadline: Duration,
+    /// A disk operation still running this long after its deadline makes
+    /// the process exit with [`EXIT_DISK_STUCK`].
+    pub stuck_exit_after: Duration,
+    /// Longest pause between two body chunks of a PUT.
+    pub body_idle_timeout: Duration,
+    /// Size known before the disk is opened (for status while standby).
+    pub probed_size: u64,
+}
+
+pub struct DiskService {
+    pub cfg: HttpConfig,
+    pub gate: Arc<Gate>,
+    pub locks: Arc<RangeLock>,
+    pub metrics: Metrics,
+    pub health: Arc<DiskHealth>,
+    pub freeze: Arc<FreezeDetector>,
+}
+
+/// A finished answer, before role headers are added.
+struct Answer {
+    status: StatusCode,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+    body: Bytes,
+}
+
+impl Answer {
+    fn text(status: StatusCode, msg: impl Into<String>) -> Self {
+        let mut m = msg.into();
+        m.push('\n');
+        Self {
+            status,
+            headers: vec![(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            )],
+            body: Bytes::from(m),
+        }
+    }
+
+    fn with(mut self, name: header::HeaderName, value: impl TryInto<HeaderValue>) -> Self {
+        if let Ok(v) = value.try_into() {
+            self.headers.push((name, v));
+        }
+        self
+    }
+}
+
+fn range_error_answer(e: &RangeError) -> Answer {
+    Answer::text(StatusCode::BAD_REQUEST, format!("{e}"))
+}
+
+impl DiskService {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        let started = Instant::now();
+        let path = req.uri().path();
+        let (op, answer, bytes) = if path == STATUS_PATH || path == METRICS_PATH {
+            let a = if req.method() != Method::GET && req.method() != Method::HEAD {
+                Answer::text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{path} answers GET only"),
+                )
+                .with(header::ALLOW, "GET, HEAD")
+            } else if path == STATUS_PATH {
+                self.status_answer()
+            } else {
+                self.metrics_answer()
+            };
+            (Op::Other, a, 0)
+        } else if path != "/" {
+            let a = Answer::text(
+                StatusCode::NOT_FOUND,
+                format!("no resource {path}: the disk is at /, status at {STATUS_PATH}, metrics at {METRICS_PATH}"),
+            );
+            (Op::Other, a, 0)
+        } else {
+            let op = match *req.method() {
+                Method::GET => Op::Read,
+                Method::PUT => Op::Write,
+                Method::HEAD => Op::Head,
+                _ => Op::Other,
+            };
+            let (a, n) = self.disk_request(op, req).await;
+            (op, a, n)
+        };
+        let status = answer.status.as_u16();
+        self.metrics
+            .record(op, status, started.elapsed().as_micros() as u64, bytes);
+        Ok(self.finish(answer))
+    }
+
+    fn finish(&self, a: Answer) -> Response<Body> {
+        let st = self.gate.snapshot();
+        let len = a.body.len();
+        let mut resp = Response::new(Full::new(a.body));
+        *resp.status_mut() = a.status;
+        let h = resp.headers_mut();
+        for (k, v) in a.headers {
+            h.insert(k, v);
+        }
+        if !h.contains_key(header::CONTENT_LENGTH) {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        h.insert(HEADER_ROLE, HeaderValue::from_static(st.role().as_str()));
+        h.insert(HEADER_EPOCH, HeaderValue::from(st.epoch()));
+        resp
+    }
+
+    fn standby_answer(&self, st: &GateState) -> Answer {
+        let GateState::NotServing {
+            reason,
+            serving_url,
+            ..
+        } = st
+        else {
+            unreachable!("standby_answer on a serving gate")
+        };
+        let mut msg = format!(
+            "{} is not served by this server ({}): {reason}",
+            self.cfg.device,
+            st.role().as_str()
+        );
+        if let Some(u) = serving_url {
+            msg.push_str(&format!("; try {u}"));
+        } else {
+            msg.push_str("; retry shortly or try the other servers");
+        }
+        let mut a =
+            Answer::text(StatusCode::SERVICE_UNAVAILABLE, msg).with(header::RETRY_AFTER, "1");
+        if let Some(u) = serving_url {
+            a = a.with(header::HeaderName::from_static(HEADER_SERVING_URL), &**u);
+        }
+        a
+    }
+
+    /// The role check every block request goes through. Returns the epoch
+    /// and disk when serving.
+    fn admit(&self) -> Result<(u64, Arc<dyn Disk>), Answer> {
+        let st = self.gate.snapshot();
+        match st {
+            GateState::Serving { epoch, disk } => {
+                if let Some(stalled) = self.freeze.stalled() {
+                    self.gate
+                        .step_down(epoch, StepDownCause::Frozen { stalled });
+                    return Err(self.standby_answer(&self.gate.snapshot()));
+                }
+                Ok((epoch, disk))
+            }
+            other => Err(self.standby_answer(&other)),
+        }
+    }
+
+    async fn disk_request(&self, op: Op, req: Request<Incoming>) -> (Answer, u64) {
+        if op == Op::Other {
+            let a = Answer::text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("method {} is not supported on the disk; use HEAD, GET with Range, or PUT with Content-Range", req.method()),
+            )
+            .with(header::ALLOW, "HEAD, GET, PUT");
+            return (a, 0);
+        }
+        let (_, disk) = match self.admit() {
+            Ok(x) => x,
+            Err(a) => return (a, 0),
+        };
+        let size = disk.size();
+        drop(disk); // a PUT body may take a while: do not pin the disk meanwhile
+        match op {
+            Op::Head => (
+                Answer::text(StatusCode::OK, "")
+                    .with(header::ACCEPT_RANGES, "bytes")
+                    .with(header::CONTENT_LENGTH, size)
+                    .with_empty_body(),
+                0,
+            ),
+            Op::Read => match self.read(&req, size).await {
+                Ok((a, n)) => (a, n),
+                Err(a) => (a, 0),
+            },
+            Op::Write => match self.write(req, size).await {
+                Ok(n) => (Answer::text(StatusCode::OK, "Ok."), n),
+                Err(a) => (a, 0),
+            },
+            Op::Other => unreachable!(),
+        }
+    }
+
+    fn unsatisfiable(&self, what: String, size: u64) -> Answer {
+        Answer::text(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            format!("{what} lies outside {} ({size} bytes)", self.cfg.device),
+        )
+        .with(header::CONTENT_RANGE, format!("bytes */{size}"))
+    }
+
+    fn too_large(&self, len: u64) -> Answer {
+        Answer::text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request of {len} bytes exceeds the limit of {} bytes per request; split it",
+                self.cfg.max_request_bytes
+            ),
+        )
+    }
+
+    async fn read(&self, req: &Request<Incoming>, size: u64) -> Result<(Answer, u64), Answer> {
+        let (range, partial) = match req.headers().get(header::RANGE) {
+            Some(v) => {
+                let v = v.to_str().map_err(|_| {
+                    Answer::text(StatusCode::BAD_REQUEST, "Range header is not ASCII")
+                })?;
+                let rr = RangeRequest::parse(v).map_err(|e| range_error_answer(&e))?;
+                let r = rr
+                    .resolve(size)
+                    .ok_or_else(|| self.unsatisfiable(format!("range {v:?}"), size))?;
+                (Some(r), true)
+            }
+            None => (ByteRange::from_offset_len(0, size), false),
+        };
+        let Some(range) = range else {
+            // GET of an empty device without Range.
+            return Ok((Answer::text(StatusCode::OK, "").with_empty_body(), 0));
+        };
+        if range.len() > self.cfg.max_request_bytes {
+            return Err(self.too_large(range.len()));
+        }
+        let len = range.len() as usize;
+        let offset = range.offset();
+        let data = self
+            .run_io("read", offset, range.len(), LockMode::Shared, move |disk| {
+                disk.read_at(offset, len)
+            })
+            .await?;
+        let mut a = Answer {
+            status: if partial {
+                StatusCode::PARTIAL_CONTENT
+            } else {
+                StatusCode::OK
+            },
+            headers: vec![
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                ),
+                (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
+            ],
+            body: data,
+        };
+        if partial {
+            a = a.with(header::CONTENT_RANGE, range.to_content_range(size));
+        }
+        Ok((a, range.len()))
+    }
+
+    async fn write(&self, req: Request<Incoming>, size: u64) -> Result<u64, Answer> {
+        let h = req.headers();
+        let cr = h.get(header::CONTENT_RANGE).ok_or_else(|| {
+            Answer::text(
+                StatusCode::BAD_REQUEST,
+                "PUT needs a Content-Range: bytes FIRST-LAST/SIZE header saying where the body goes",
+            )
+        })?;
+        let cr = cr.to_str().map_err(|_| {
+            Answer::text(StatusCode::BAD_REQUEST, "Content-Range header is not ASCII")
+        })?;
+        let cr = ContentRange::parse(cr).map_err(|e| range_error_answer(&e))?;
+        let range = cr.range;
+        if range.len() > self.cfg.max_request_bytes {
+            return Err(self.too_large(range.len()));
+        }
+        if !range.fits_in(size) {
+            return Err(self.unsatisfiable(format!("write range {range}"), size));
+        }
+        if let Some(claimed) = cr.complete_length {
+            if claimed != size {
+                return Err(Answer::text(
+                    StatusCode::BAD_REQUEST,
+                    format!("Content-Range claims a device of {claimed} bytes but {} has {size}; check the client's --device-size", self.cfg.device),
+                ));
+            }
+        }
+        let chunked = h.get_all(header::TRANSFER_ENCODING).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.to_ascii_lowercase().contains("chunked"))
+        });
+        match h.get(header::CONTENT_LENGTH) {
+            None if !chunked => {
+                return Err(Answer::text(
+                    StatusCode::LENGTH_REQUIRED,
+                    "PUT needs Content-Length or chunked Transfer-Encoding",
+                ))
+            }
+            Some(cl) => {
+                let n = cl.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok());
+                if n != Some(range.len()) {
+                    return Err(Answer::text(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "Content-Length {} does not match the {} bytes of Content-Range {range}; nothing was written",
+                            cl.to_str().unwrap_or("?"),
+                            range.len()
+                        ),
+                    ));
+                }
+            }
+            None => {}
+        }
+        let data = self
+            .read_body(req.into_body(), range.len() as usize)
+            .await?;
+        let offset = range.offset();
+        self.run_io(
+            "write",
+            offset,
+            range.len(),
+            LockMode::Exclusive,
+            move |disk| disk.write_at(offset, data.as_ref()),
+        )
+        .await?;
+        Ok(range.len())
+    }
+
+    /// The whole body, exactly `len` bytes, or a 400. Nothing touches the
+    /// disk before this returns Ok.
+    async fn read_body(&self, mut body: Incoming, len: usize) -> Result<WriteData, Answer> {
+        let mut single: Option<Bytes> = None;
+        let mut buf: Option<AlignedBuf> = None;
+        let mut got = 0usize;
+        loop {
+            let frame = match tokio::time::timeout(self.cfg.body_idle_timeout, body.frame()).await {
+                Err(_) => {
+                    return Err(Answer::text(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "no body data for {:?} after {got} of {len} bytes; nothing was written",
+                            self.cfg.body_idle_timeout
+                        ),
+                    ))
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    return Err(Answer::text(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "body broken after {got} of {len} bytes ({e}); nothing was written"
+                        ),
+                    ))
+                }
+                Ok(Some(Ok(f))) => f,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if got + data.len() > len {
+                return Err(Answer::text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "body is longer than the {len} bytes of Content-Range; nothing was written"
+                    ),
+                ));
+            }
+            let n = data.len();
+            if got == 0 && n == len {
+                single = Some(data); // the common case: no copy at all
+            } else {
+                let b = buf.get_or_insert_with(|| AlignedBuf::zeroed(len));
+                b[got..got + n].copy_from_slice(&data);
+            }
+            got += n;
+        }
+        if got != len {
+            return Err(Answer::text(
+                StatusCode::BAD_REQUEST,
+                format!("body has {got} bytes but Content-Range says {len}; nothing was written"),
+            ));
+        }
+        Ok(match (single, buf) {
+            (Some(b), _) => WriteData::Bytes(b),
+            (None, Some(b)) => WriteData::Aligned(b),
+            (None, None) => WriteData::Bytes(Bytes::new()),
+        })
+    }
+
+    /// Run one disk call on a blocking thread, holding the range lock over
+    /// the span it touches, under the I/O deadline. Past the deadline the
+    /// client gets a 500 and this server steps down; if the call never
+    /// returns, the process exits.
+    async fn run_io<T, F>(
+        &self,
+        op: &'static str,
+        offset: u64,
+        len: u64,
+        mode: LockMode,
+        f: F,
+    ) -> Result<T, Answer>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Disk) -> Result<T, DiskError> + Send + 'static,
+    {
+        let deadline = self.cfg.io_deadline;
+        let (epoch, disk) = self.admit()?;
+        let (start, end) = covering_span(offset, len, disk.io_alignment());
+        let guard = match tokio::time::timeout(deadline, self.locks.acquire(start, end, mode)).await {
+            Ok(g) => g,
+            Err(_) => {
+                return Err(Answer::text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{}: an overlapping request held bytes {start}-{end} longer than {deadline:?}; retry", self.cfg.device),
+                ))
+            }
+        };
+        let gate = Arc::clone(&self.gate);
+        let mut handle = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            // The role may have gone while we waited for the lock.
+            if !gate.may_do_io(epoch) {
+                return Err(None);
+            }
+            f(&*disk).map_err(Some)
+        });
+        match tokio::time::timeout(deadline, &mut handle).await {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(None))) => Err(self.standby_answer(&self.gate.snapshot())),
+            Ok(Ok(Err(Some(e)))) => {
+                tracing::error!(device = %self.cfg.device, error = %e, "disk {op} failed");
+                if e.is_device_failure() {
+                    self.gate
+                        .step_down(epoch, StepDownCause::DeviceFailure(e.to_string()));
+                }
+                Err(Answer::text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{e}; the request was not completed, retry on the serving server"),
+                ))
+            }
+            Ok(Err(join)) => Err(Answer::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{}: disk {op} crashed ({join}); retry", self.cfg.device),
+            )),
+            Err(_) => {
+                self.health.overdue_ops.fetch_add(1, Ordering::AcqRel);
+                self.gate
+                    .step_down(epoch, StepDownCause::IoHang { op, deadline });
+                let health = Arc::clone(&self.health);
+                let stuck_after = self.cfg.stuck_exit_after;
+                let device = self.cfg.device.clone();
+                tokio::spawn(async move {
+                    if tokio::time::timeout(stuck_after, handle).await.is_err() {
+                        tracing::error!(
+                            device = %device,
+                            "a disk {op} has been stuck in the kernel for {stuck_after:?} past its deadline; exiting so the service manager restarts this server"
+                        );
+                        std::process::exit(EXIT_DISK_STUCK);
+                    }
+                    health.overdue_ops.fetch_sub(1, Ordering::AcqRel);
+                });
+                Err(Answer::text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "{}: disk {op} at offset {offset} did not finish within {deadline:?}; this server steps down, retry on the next serving server",
+                        self.cfg.device
+                    ),
+                ))
+            }
+        }
+    }
+
+    pub fn status(&self) -> ServerStatus {
+        let st = self.gate.snapshot();
+        let (size, standby_reason, serving_url) = match &st {
+            GateState::Serving { disk, .. } => (disk.size(), None, None),
+            GateState::NotServing {
+                reason,
+                serving_url,
+                ..
+            } => (
+                self.cfg.probed_size,
+                Some(reason.to_string()),
+                serving_url.as_ref().map(|u| u.to_string()),
+            ),
+        };
+        let last = self.gate.last_role_change_unix_ms.load(Ordering::Relaxed);
+        ServerStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            device: self.cfg.device.clone(),
+            size,
+            role: st.role(),
+            epoch: st.epoch(),
+            arbiter: self.cfg.arbiter.to_string(),
+            last_role_change_unix_ms: (last != 0).then_some(last),
+            standby_reason,
+            serving_url,
+            counters: self.metrics.counters(),
+            latency_p50_us: self.metrics.latency_quantile_us(0.5),
+            latency_p99_us: self.metrics.latency_quantile_us(0.99),
+        }
+    }
+
+    fn status_answer(&self) -> Answer {
+        let body = serde_json::to_vec(&self.status()).unwrap_or_default();
+        Answer {
+            status: StatusCode::OK,
+            headers: vec![(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body: Bytes::from(body),
+        }
+    }
+
+    fn metrics_answer(&self) -> Answer {
+        let st = self.gate.snapshot();
+        let text = self.metrics.render_prometheus(
+            st.role().as_str(),
+            st.epoch(),
+            self.gate.role_changes.load(Ordering::Relaxed),
+        );
+        Answer {
+            status: StatusCode::OK,
+            headers: vec![(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            )],
+            body: Bytes::from(text),
+        }
+    }
+}
+
+impl Answer {
+    fn with_empty_body(mut self) -> Self {
+        self.body = Bytes::new();
+        self.headers.retain(|(k, _)| k != header::CONTENT_TYPE);
+        self
+    }
+}
+
+/// A complete, validated PUT body.
+enum WriteData {
+    Bytes(Bytes),
+    Aligned(AlignedBuf),
+}
+
+impl AsRef<[u8]> for WriteData {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            WriteData::Bytes(b) => b,
+            WriteData::Aligned(b) => b,
+        }
+    }
+}
