@@ -11,4 +11,5 @@ pub mod drbdsetup;
 pub mod events2;
 pub mod model;
 pub mod promoter;
+pub mod rest;
 pub mod status;
