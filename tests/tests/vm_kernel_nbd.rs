@@ -1,0 +1,224 @@
+//! The kernel's own NBD client, in a QEMU VM (TCG; this machine's kernel has
+//! no `nbd` module and its KVM cannot boot a stock kernel), on NBD servers
+//! running on the host:
+//!
+//! * `nbdkit file`: validates the VM harness itself (tests/vm/);
+//! * our chain: `nbd-http-server --listen tcp:...` in front of
+//!   `http-disk-server --arbiter none` on a host file.
+//!
+//! In the guest, Debian's `nbd-client` attaches `/dev/nbd0` with 512-byte
+//! blocks and `guest-io` (tests/vm/guest-io) does what xhad does: open
+//! `O_RDWR|O_DIRECT|O_SYNC`, one 260 KiB write, 1 KiB writes, 512-byte reads,
+//! each read back. The host then checks that the bytes landed in the file.
+//!
+//! The VM reports over its serial console (`VMTEST PASS <name>` /
+//! `VMTEST FAIL <name> <reason>`) and powers itself off; run-vm.sh kills it
+//! after a host-side timeout. Host prerequisites: `tests/vm/install-vm-deps.sh`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use heartbeat_tests::{
+    binary, free_port, pseudo_random_bytes, require_tool, run_with_timeout, start_disk_server,
+    target_dir, workspace_root, Daemon, DiskServerConfig, Profile, TempDisk,
+};
+
+const DISK_SIZE: u64 = 4 * 1024 * 1024;
+/// Host-side limit for one VM run (boot is about 5 s under TCG).
+const VM_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn vm_dir() -> PathBuf {
+    workspace_root().join("tests/vm")
+}
+
+/// Builds the shared initramfs and the guest I/O tool once per test process.
+fn guest_io() -> PathBuf {
+    static GUEST_IO: OnceLock<PathBuf> = OnceLock::new();
+    GUEST_IO
+        .get_or_init(|| {
+            for tool in ["qemu-system-x86_64", "cpio", "gzip", "apt-get", "dpkg-deb"] {
+                require_tool(tool);
+            }
+            let (status, out, err) = run_with_timeout(
+                Command::new("bash").arg(vm_dir().join("build-initramfs.sh")),
+                Duration::from_secs(600),
+            )
+            .expect("run tests/vm/build-initramfs.sh");
+            assert!(
+                status.success(),
+                "tests/vm/build-initramfs.sh failed ({status}); run tests/vm/install-vm-deps.sh first?\n{out}\n{err}"
+            );
+            let guest_target = target_dir().join("vm-cache/guest-io-target");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "--release", "--manifest-path"])
+                .arg(vm_dir().join("guest-io/Cargo.toml"))
+                .arg("--target-dir")
+                .arg(&guest_target)
+                .status()
+                .expect("run cargo build for tests/vm/guest-io");
+            assert!(status.success(), "cargo build of tests/vm/guest-io failed");
+            guest_target.join("release/guest-io")
+        })
+        .clone()
+}
+
+/// One VM run: its exit status and everything it printed on the serial console.
+struct VmRun {
+    status: std::process::ExitStatus,
+    serial: String,
+    stderr: String,
+}
+
+impl VmRun {
+    fn boot(scenario: &str, files: &[PathBuf], params: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new("bash");
+        cmd.arg(vm_dir().join("run-vm.sh"))
+            .arg("--scenario")
+            .arg(vm_dir().join("scenarios").join(scenario))
+            .args(["--timeout", &VM_TIMEOUT.as_secs().to_string()]);
+        for f in files {
+            cmd.arg("--file").arg(f);
+        }
+        for (k, v) in params {
+            cmd.args(["--param", &format!("{k}={v}")]);
+        }
+        let (status, serial, stderr) =
+            run_with_timeout(&mut cmd, VM_TIMEOUT + Duration::from_secs(60))
+                .expect("run tests/vm/run-vm.sh");
+        Self {
+            status,
+            serial,
+            stderr,
+        }
+    }
+
+    /// Panics with the whole serial log unless the guest printed `VMTEST PASS name`.
+    fn assert_pass(&self, name: &str) {
+        let pass = format!("VMTEST PASS {name}");
+        if self.serial.lines().any(|l| l.trim_end() == pass) {
+            return;
+        }
+        let reason = self
+            .serial
+            .lines()
+            .find(|l| l.starts_with("VMTEST FAIL") || l.starts_with("VMTEST TIMEOUT"))
+            .unwrap_or("no VMTEST PASS/FAIL line (guest crashed or hung?)");
+        panic!(
+            "VM scenario {name} did not pass: {reason}\nrun-vm.sh exit: {}\n--- serial console ---\n{}\n--- run-vm.sh stderr ---\n{}",
+            self.status, self.serial, self.stderr
+        );
+    }
+}
+
+/// What the kernel-nbd scenario writes (seed s: 260 KiB at 0; seed s+1: 1 KiB at 264 KiB).
+fn assert_scenario_bytes_landed(disk: &TempDisk, seed: u64) {
+    assert!(
+        disk.read(0, 266_240) == pseudo_random_bytes(266_240, seed),
+        "the guest's 260 KiB O_DIRECT write did not land in {}",
+        disk.path.display()
+    );
+    assert!(
+        disk.read(270_336, 1024) == pseudo_random_bytes(1024, seed + 1),
+        "the guest's 1 KiB O_DIRECT|O_SYNC write did not land in {}",
+        disk.path.display()
+    );
+}
+
+#[test]
+fn kernel_nbd_client_on_nbdkit_file() {
+    require_tool("nbdkit");
+    let io = guest_io();
+    let disk = TempDisk::zeroed(DISK_SIZE);
+    let port = free_port();
+    let args: Vec<String> = [
+        "--foreground",
+        "--exit-with-parent",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "file",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([disk.path.display().to_string()])
+    .collect();
+    let nbdkit_bin = PathBuf::from("nbdkit");
+    let _nbdkit = Daemon::spawn("nbdkit", &nbdkit_bin, &args, disk.file("nbdkit.log")).unwrap();
+    wait_for_listener(port);
+
+    let run = VmRun::boot(
+        "kernel-nbd.sh",
+        &[io],
+        &[("port", port.to_string()), ("seed", "7".into())],
+    );
+    run.assert_pass("kernel-nbd");
+    assert_scenario_bytes_landed(&disk, 7);
+}
+
+#[test]
+fn kernel_nbd_client_through_nbd_http_server_and_http_disk_server() {
+    let io = guest_io();
+    let disk = TempDisk::zeroed(DISK_SIZE);
+    let dir = disk.dir.path().to_path_buf();
+    let mut disk_cfg = DiskServerConfig::new(&disk.path);
+    disk_cfg.arbiter = Some("none".into());
+    disk_cfg.profile = Profile::Release;
+    let disk_server = start_disk_server(&disk_cfg, &dir).unwrap();
+
+    let port = free_port();
+    let nbd_bin = binary("nbd-http-server", Profile::Release);
+    let args: Vec<String> = vec![
+        "--nbd-name".into(),
+        "statefile".into(),
+        "--urls".into(),
+        disk_cfg.url(),
+        "--device-size".into(),
+        DISK_SIZE.to_string(),
+        "--listen".into(),
+        format!("tcp:127.0.0.1:{port}"),
+    ];
+    let mut nbd = Daemon::spawn(
+        "nbd-http-server",
+        &nbd_bin,
+        &args,
+        dir.join("nbd-http-server.log"),
+    )
+    .unwrap();
+    nbd.wait_for_line(Duration::from_secs(20), |l| {
+        l.starts_with("NBD server ready on")
+    })
+    .unwrap();
+
+    let run = VmRun::boot(
+        "kernel-nbd.sh",
+        &[io],
+        &[
+            ("port", port.to_string()),
+            ("export", "statefile".into()),
+            ("seed", "11".into()),
+        ],
+    );
+    if !run.serial.contains("VMTEST PASS kernel-nbd") {
+        eprintln!(
+            "--- nbd-http-server log ---\n{}\n--- http-disk-server log ---\n{}",
+            nbd.log(),
+            disk_server.log()
+        );
+    }
+    run.assert_pass("kernel-nbd");
+    assert_scenario_bytes_landed(&disk, 11);
+}
+
+fn wait_for_listener(port: u16) {
+    let up = heartbeat_tests::poll_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    assert!(
+        up.is_some(),
+        "nothing listens on 127.0.0.1:{port} after 10 s"
+    );
+}
