@@ -59,6 +59,8 @@ pub struct Gate {
     drain_timeout: Duration,
     pub role_changes: AtomicU64,
     pub last_role_change_unix_ms: AtomicU64,
+    /// Set once the arbiter's first real decision has been applied.
+    pub settled: std::sync::atomic::AtomicBool,
 }
 
 fn unix_ms() -> u64 {
@@ -86,6 +88,7 @@ impl Gate {
             drain_timeout,
             role_changes: AtomicU64::new(0),
             last_role_change_unix_ms: AtomicU64::new(0),
+            settled: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -183,7 +186,12 @@ impl Gate {
     pub async fn follow(self: Arc<Self>, mut grants: watch::Receiver<Grant>, open: DiskOpener) {
         loop {
             let grant = grants.borrow_and_update().clone();
+            let decided =
+                !matches!(&grant, Grant::Standby { reason, .. } if reason == crate::STARTING);
             self.apply(grant, &open).await;
+            if decided {
+                self.settled.store(true, Ordering::Release);
+            }
             if grants.changed().await.is_err() {
                 return;
             }

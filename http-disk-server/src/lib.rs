@@ -101,6 +101,9 @@ impl Args {
     }
 }
 
+/// Reason shown before the arbiter's first decision.
+pub const STARTING: &str = "starting: the arbiter has not decided yet";
+
 /// Pick and build the arbiter.
 pub fn make_arbiter(args: &Args, probe: &DiskProbe) -> anyhow::Result<Box<dyn Arbiter>> {
     let kind = args.arbiter.unwrap_or(if probe.is_drbd() {
@@ -137,7 +140,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let io_deadline = Duration::from_millis(args.io_deadline_ms.max(1));
 
     let (step_tx, step_rx) = mpsc::unbounded_channel();
-    let (grant_tx, grant_rx) = watch::channel(Grant::standby("starting"));
+    let (grant_tx, grant_rx) = watch::channel(Grant::standby(STARTING));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let gate = Gate::new(step_tx, io_deadline);
     let freeze = FreezeDetector::new(
@@ -177,6 +180,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     spawn_freeze_ticker(Arc::clone(&freeze), Arc::clone(&gate));
     spawn_watchdog(Arc::clone(&health), Arc::clone(&freeze));
 
+    // Give the arbiter a moment to decide, so that a client that starts
+    // right after `Server ready!` finds the server serving (or a standby with
+    // a real reason) rather than "starting". The listener already accepts.
+    let settle_until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while !gate.settled.load(Ordering::Acquire) && tokio::time::Instant::now() < settle_until {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     tracing::info!(disk = %args.disk.display(), %addr, url = %advertise_url, arbiter = arbiter_name, size = probe.size, "listening");
     {
         let mut out = std::io::stdout().lock();
