@@ -7,7 +7,11 @@
 //! until its deadline; then it fails with `EIO`. A 4xx is the request's own
 //! fault and fails at once (`EINVAL`). Writes are safe to re-send: each
 //! carries its offset and data, and NBD gives no ordering promise between
-//! requests in flight at the same time.
+//! requests in flight at the same time. One hazard remains and is not ours to
+//! solve here: a write abandoned on a *hung* server (timeout, no answer) may
+//! still be applied if that server resumes; only fencing of the old server
+//! (DRBD demotion, the file arbiter's lock) keeps it from landing after the
+//! re-sent copy.
 //!
 //! # Probe rounds
 //!
