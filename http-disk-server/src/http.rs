@@ -590,3 +590,109 @@ impl AsRef<[u8]> for WriteData {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arbiter::Grant;
+    use tokio::sync::{mpsc, watch};
+
+    /// A disk whose every call sleeps `delay` (a hung or slow device).
+    struct SlowDisk {
+        delay: Duration,
+    }
+
+    impl Disk for SlowDisk {
+        fn name(&self) -> &str {
+            "slow-test-disk"
+        }
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+        fn io_alignment(&self) -> u64 {
+            512
+        }
+        fn read_at(&self, _offset: u64, len: usize) -> Result<Bytes, DiskError> {
+            std::thread::sleep(self.delay);
+            Ok(Bytes::from(vec![0u8; len]))
+        }
+        fn write_at(&self, _offset: u64, _data: &[u8]) -> Result<(), DiskError> {
+            std::thread::sleep(self.delay);
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_disk_fails_the_request_and_steps_down() {
+        let (step_tx, mut step_rx) = mpsc::unbounded_channel();
+        let gate = Gate::new(step_tx, Duration::from_millis(100));
+        let (grant_tx, grant_rx) = watch::channel(Grant::Serving { epoch: 4 });
+        let opener: crate::gate::DiskOpener = Arc::new(|| {
+            Ok(Arc::new(SlowDisk {
+                delay: Duration::from_millis(600),
+            }) as Arc<dyn Disk>)
+        });
+        tokio::spawn(Arc::clone(&gate).follow(grant_rx, opener));
+        while gate.snapshot().role() != heartbeat_wire::Role::Serving {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let svc = DiskService {
+            cfg: HttpConfig {
+                device: "slow-test-disk".into(),
+                arbiter: "test",
+                max_request_bytes: 1 << 20,
+                io_deadline: Duration::from_millis(100),
+                stuck_exit_after: Duration::from_secs(60),
+                body_idle_timeout: Duration::from_secs(1),
+                probed_size: 1 << 20,
+            },
+            gate: Arc::clone(&gate),
+            locks: RangeLock::new(),
+            metrics: Metrics::default(),
+            health: Arc::new(DiskHealth::default()),
+            freeze: FreezeDetector::new(Duration::from_millis(100), Duration::from_secs(60)),
+        };
+        let r = svc
+            .run_io("write", 0, 512, LockMode::Exclusive, |d| {
+                d.write_at(0, &[0; 512])
+            })
+            .await;
+        let a = r.err().expect("past the deadline the request fails");
+        assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            !svc.health.healthy(),
+            "the overdue op withholds the watchdog"
+        );
+        // No new I/O is admitted, and the arbiter is asked to release epoch 4
+        // (after the drain bound, since the op still holds the disk).
+        assert_ne!(gate.snapshot().role(), heartbeat_wire::Role::Serving);
+        let req = tokio::time::timeout(Duration::from_secs(5), step_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(req.epoch, 4);
+        assert!(matches!(req.cause, StepDownCause::IoHang { .. }));
+        let refused = svc
+            .run_io("read", 0, 512, LockMode::Shared, |d| d.read_at(0, 512))
+            .await;
+        assert_eq!(
+            refused.err().unwrap().status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        // The same epoch is never served again; a new grant is.
+        grant_tx.send(Grant::Serving { epoch: 4 }).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_ne!(gate.snapshot().role(), heartbeat_wire::Role::Serving);
+        grant_tx.send(Grant::Serving { epoch: 5 }).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while gate.snapshot().role() != heartbeat_wire::Role::Serving {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        // The hung op eventually returned: health recovers.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(svc.health.healthy());
+    }
+}
