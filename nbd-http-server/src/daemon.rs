@@ -187,6 +187,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         listeners.push(Listener::Tcp(l, local));
     }
 
+    // Handlers first: a supervisor may send SIGTERM the moment it reads the
+    // readiness line, and that must drain, not kill.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let names: Vec<String> = listeners.iter().map(Listener::describe).collect();
     {
         let mut out = std::io::stdout().lock();
@@ -212,8 +216,6 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
     drop(done_tx);
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let signal = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
