@@ -657,7 +657,7 @@ mod tests {
                 d.write_at(0, &[0; 512])
             })
             .await;
-        let a = r.err().expect("past the deadline the request fails");
+        let a = r.expect_err("past the deadline the request fails");
         assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(
             !svc.health.healthy(),
