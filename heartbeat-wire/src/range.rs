@@ -188,22 +188,37 @@ mod tests {
     fn parses_bounded_range() {
         assert_eq!(
             RangeRequest::parse("bytes=0-511").unwrap(),
-            RangeRequest::Bounded(ByteRange { first: 0, last: 511 })
+            RangeRequest::Bounded(ByteRange {
+                first: 0,
+                last: 511
+            })
         );
     }
 
     #[test]
     fn parses_open_and_suffix_ranges() {
-        assert_eq!(RangeRequest::parse("bytes=10-").unwrap(), RangeRequest::From(10));
-        assert_eq!(RangeRequest::parse("bytes=-10").unwrap(), RangeRequest::Suffix(10));
+        assert_eq!(
+            RangeRequest::parse("bytes=10-").unwrap(),
+            RangeRequest::From(10)
+        );
+        assert_eq!(
+            RangeRequest::parse("bytes=-10").unwrap(),
+            RangeRequest::Suffix(10)
+        );
         let size = 100;
         assert_eq!(
             RangeRequest::From(10).resolve(size),
-            Some(ByteRange { first: 10, last: 99 })
+            Some(ByteRange {
+                first: 10,
+                last: 99
+            })
         );
         assert_eq!(
             RangeRequest::Suffix(10).resolve(size),
-            Some(ByteRange { first: 90, last: 99 })
+            Some(ByteRange {
+                first: 90,
+                last: 99
+            })
         );
         assert_eq!(RangeRequest::From(100).resolve(size), None);
         assert_eq!(RangeRequest::Suffix(0).resolve(size), None);
@@ -215,15 +230,26 @@ mod tests {
         assert_eq!(r.resolve(100), None);
         assert_eq!(
             r.resolve(110),
-            Some(ByteRange { first: 90, last: 109 })
+            Some(ByteRange {
+                first: 90,
+                last: 109
+            })
         );
     }
 
     #[test]
     fn rejects_malformed_ranges() {
         for bad in [
-            "", "bytes", "bytes=", "bytes=-", "bytes=a-b", "items=0-1", "bytes=1-2-3",
-            "bytes=+1-2", "bytes=99999999999999999999-1", "bytes= 1 2-3",
+            "",
+            "bytes",
+            "bytes=",
+            "bytes=-",
+            "bytes=a-b",
+            "items=0-1",
+            "bytes=1-2-3",
+            "bytes=+1-2",
+            "bytes=99999999999999999999-1",
+            "bytes= 1 2-3",
         ] {
             assert!(
                 matches!(RangeRequest::parse(bad), Err(RangeError::Malformed { .. })),
@@ -243,7 +269,13 @@ mod tests {
     #[test]
     fn parses_content_range() {
         let cr = ContentRange::parse("bytes 4096-5119/4194304").unwrap();
-        assert_eq!(cr.range, ByteRange { first: 4096, last: 5119 });
+        assert_eq!(
+            cr.range,
+            ByteRange {
+                first: 4096,
+                last: 5119
+            }
+        );
         assert_eq!(cr.complete_length, Some(4194304));
         let cr = ContentRange::parse("bytes 0-0/*").unwrap();
         assert_eq!(cr.range.len(), 1);
@@ -252,8 +284,18 @@ mod tests {
 
     #[test]
     fn rejects_malformed_content_range() {
-        for bad in ["bytes 0-1", "bytes=0-1/2", "bytes 0-x/2", "bytes 0-1/x", "0-1/2", "bytes -1/2"] {
-            assert!(ContentRange::parse(bad).is_err(), "{bad:?} should be refused");
+        for bad in [
+            "bytes 0-1",
+            "bytes=0-1/2",
+            "bytes 0-x/2",
+            "bytes 0-1/x",
+            "0-1/2",
+            "bytes -1/2",
+        ] {
+            assert!(
+                ContentRange::parse(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
         assert!(matches!(
             ContentRange::parse("bytes 9-1/*"),
@@ -265,8 +307,16 @@ mod tests {
     fn formats_round_trip() {
         let r = ByteRange::from_offset_len(4096, 1024).unwrap();
         assert_eq!(r.to_range_header(), "bytes=4096-5119");
-        assert_eq!(RangeRequest::parse(&r.to_range_header()).unwrap(), RangeRequest::Bounded(r));
-        assert_eq!(ContentRange::parse(&ContentRange::format_unsized(r)).unwrap().range, r);
+        assert_eq!(
+            RangeRequest::parse(&r.to_range_header()).unwrap(),
+            RangeRequest::Bounded(r)
+        );
+        assert_eq!(
+            ContentRange::parse(&ContentRange::format_unsized(r))
+                .unwrap()
+                .range,
+            r
+        );
         assert_eq!(r.to_content_range(8192), "bytes 4096-5119/8192");
         assert_eq!(ByteRange::from_offset_len(0, 0), None);
         assert_eq!(ByteRange::from_offset_len(u64::MAX, 2), None);
