@@ -707,3 +707,210 @@ impl EmulatedHost {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::statefile::{GlobalSection, PoolState};
+
+    fn cfg(index: usize, n: usize) -> HostConfig {
+        HostConfig {
+            index,
+            uuid: emulated_host_uuid(index),
+            config_hosts: n,
+            timeouts: Timeouts::derive(60),
+            accelerated: false,
+            jitter: Duration::from_millis(500),
+            expected_gen_uuid: None,
+        }
+    }
+
+    fn global() -> [u8; GLOBAL_IO_LEN] {
+        GlobalSection {
+            gen_uuid: "00000000000000000000000000000001".parse().unwrap(),
+            pool_state: PoolState::Active,
+            master: emulated_host_uuid(0),
+            config_hosts: 2,
+        }
+        .encode()
+    }
+
+    fn section(i: usize, seq: u32) -> [u8; HOST_IO_LEN] {
+        let mut s = HostSection::initial(i, emulated_host_uuid(i));
+        s.sequence = seq;
+        s.encode()
+    }
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    /// Feeds one read attempt: each piece either the given bytes or EIO.
+    fn feed(
+        h: &mut EmulatedHost,
+        now: Duration,
+        pieces: &[Piece],
+        bytes: impl Fn(Piece) -> Option<Vec<u8>>,
+    ) -> ReadNext {
+        for &p in pieces {
+            let data = bytes(p);
+            let r = match &data {
+                Some(d) => Ok(&d[..]),
+                None => Err(io::Error::from_raw_os_error(libc::EIO)),
+            };
+            h.read_done(now, p, Duration::from_millis(1), r);
+        }
+        h.attempt_done(now)
+    }
+
+    fn healthy(seqs: [u32; 2]) -> impl Fn(Piece) -> Option<Vec<u8>> {
+        move |p| {
+            Some(match p {
+                Piece::Global => global().to_vec(),
+                Piece::Host(i) => section(i, seqs[i]).to_vec(),
+            })
+        }
+    }
+
+    #[test]
+    fn writes_only_after_a_first_full_read() {
+        let mut h = EmulatedHost::new(cfg(0, 2));
+        assert!(h.cycle_due(S(0)));
+        assert!(
+            h.begin_cycle(S(0)).is_none(),
+            "no write before the first read"
+        );
+        let pieces = h.start_read();
+        assert_eq!(pieces, vec![Piece::Global, Piece::Host(0), Piece::Host(1)]);
+        assert_eq!(
+            feed(&mut h, S(0), &pieces, healthy([0, 0])),
+            ReadNext::Finished
+        );
+        assert!(h.sf_access());
+        assert!(!h.cycle_due(S(2)));
+        assert!(h.cycle_due(S(4)));
+        let w = h.begin_cycle(S(4)).expect("writes now");
+        let s = HostSection::decode(0, &w).unwrap();
+        assert_eq!(
+            (s.sequence, s.host_index, s.host_uuid),
+            (1, 0, emulated_host_uuid(0))
+        );
+        assert_eq!(s.sfdomain.to_string(), "0,1");
+    }
+
+    #[test]
+    fn retries_only_failed_pieces_then_gives_up() {
+        let mut h = EmulatedHost::new(cfg(1, 2));
+        h.begin_cycle(S(0));
+        let pieces = h.start_read();
+        let fail_host0 = |p: Piece| (p != Piece::Host(0)).then(|| healthy([0, 0])(p)).flatten();
+        let next = feed(&mut h, S(0), &pieces, fail_host0);
+        assert_eq!(
+            next,
+            ReadNext::Retry {
+                after: S(1),
+                pieces: vec![Piece::Host(0)]
+            }
+        );
+        let ReadNext::Retry { pieces, .. } = feed(&mut h, S(1), &[Piece::Host(0)], fail_host0)
+        else {
+            panic!("second retry expected")
+        };
+        assert_eq!(feed(&mut h, S(2), &pieces, fail_host0), ReadNext::Finished);
+        assert!(!h.sf_access());
+        assert_eq!(h.verdict(), Verdict::SfAccessLost);
+        // No full read yet: no write, even later.
+        assert!(h.begin_cycle(S(4)).is_none());
+
+        // A retry that succeeds completes the read.
+        let mut h = EmulatedHost::new(cfg(1, 2));
+        h.begin_cycle(S(0));
+        let pieces = h.start_read();
+        let ReadNext::Retry { pieces, .. } = feed(&mut h, S(0), &pieces, fail_host0) else {
+            panic!()
+        };
+        assert_eq!(
+            feed(&mut h, S(1), &pieces, healthy([0, 0])),
+            ReadNext::Finished
+        );
+        assert!(h.sf_access());
+        assert_eq!(h.verdict(), Verdict::Ok);
+    }
+
+    #[test]
+    fn full_read_failure_stops_writing_until_a_full_read() {
+        let mut h = EmulatedHost::new(cfg(0, 2));
+        h.begin_cycle(S(0));
+        let p = h.start_read();
+        feed(&mut h, S(0), &p, healthy([0, 0]));
+        assert!(h.begin_cycle(S(3)).is_some());
+        let p = h.start_read();
+        let corrupt = |p: Piece| match p {
+            Piece::Host(1) => Some(vec![0u8; HOST_IO_LEN]),
+            other => healthy([1, 0])(other),
+        };
+        let mut next = feed(&mut h, S(3), &p, corrupt);
+        let mut t = 3;
+        while let ReadNext::Retry { pieces, .. } = next {
+            t += 1;
+            next = feed(&mut h, S(t), &pieces, corrupt);
+        }
+        assert!(!h.sf_access());
+        assert!(
+            h.begin_cycle(S(8)).is_none(),
+            "writing stops after a failed full read"
+        );
+        let p = h.start_read();
+        feed(&mut h, S(8), &p, healthy([1, 0]));
+        let w = h.begin_cycle(S(11)).expect("writing resumes");
+        assert_eq!(HostSection::decode(0, &w).unwrap().sequence, 2);
+        let report = h.finish(S(11), "t".into());
+        assert!(
+            report
+                .errors
+                .messages
+                .iter()
+                .any(|m| m.contains("host section 1: signature")),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn generation_mismatch_is_not_retried() {
+        let mut c = cfg(0, 2);
+        c.expected_gen_uuid = Some("000000000000000000000000000000ff".parse().unwrap());
+        let mut h = EmulatedHost::new(c);
+        h.begin_cycle(S(0));
+        let p = h.start_read();
+        assert_eq!(feed(&mut h, S(0), &p, healthy([0, 0])), ReadNext::Finished);
+        assert_eq!(h.verdict(), Verdict::SfAccessLost);
+    }
+
+    #[test]
+    fn jitter_is_per_host_and_bounded() {
+        let waits = |i: usize| {
+            let mut h = EmulatedHost::new(cfg(i, 4));
+            (0..50).map(|_| h.draw_wait()).collect::<Vec<_>>()
+        };
+        let a = waits(0);
+        assert_eq!(a, waits(0), "seeded from the host UUID");
+        assert_ne!(a, waits(1));
+        assert!(a
+            .iter()
+            .all(|w| *w >= Duration::from_millis(2500) && *w <= Duration::from_millis(3500)));
+        assert!(a.iter().any(|w| *w != S(3)));
+        let mut c = cfg(0, 2);
+        c.accelerated = true;
+        let mut h = EmulatedHost::new(c);
+        assert_eq!(h.draw_wait(), Duration::from_millis(400));
+    }
+
+    #[test]
+    fn latency_summary_percentiles() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let s = LatencySummary::of(&v);
+        assert_eq!(
+            (s.count, s.p50_ms, s.p99_ms, s.max_ms),
+            (100, 50.0, 99.0, 100.0)
+        );
+        assert_eq!(LatencySummary::of(&[]).count, 0);
+    }
+}

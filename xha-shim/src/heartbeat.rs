@@ -180,7 +180,7 @@ pub struct EmulationReport {
 
 /// Runs every host on its own thread against its own target for the
 /// configured duration, then judges. A host stuck in a call at the end is
-/// judged as it stands (its thread is left behind; the process exits).
+/// judged as it stands (its thread is left behind, to end with the process).
 pub fn run_emulation(
     cfg: EmulationConfig,
     targets: Vec<Box<dyn StatefileTarget>>,
@@ -211,10 +211,12 @@ pub fn run_emulation(
     while clock.now() < deadline && threads.iter().any(|t| !t.is_finished()) {
         clock.sleep(Duration::from_millis(20));
     }
-    let now = clock.now().min(deadline);
+    // Judge everyone at the end of the run: a host whose thread stopped then
+    // must not be blamed for the cycles it was told not to run, and a host
+    // still stuck has been stuck at least until then.
     let reports: Vec<HostReport> = hosts
         .iter()
-        .map(|(h, name)| h.lock().unwrap().finish(now, name.clone()))
+        .map(|(h, name)| h.lock().unwrap().finish(cfg.duration, name.clone()))
         .collect();
     let any_hurt = reports.iter().any(|r| r.verdict.is_hurt());
     EmulationReport {
@@ -236,6 +238,11 @@ pub struct FaultPlan {
     pub write_delay: Duration,
     pub fail_reads: bool,
     pub fail_writes: bool,
+    /// Acknowledge writes without applying them (a lying or caching path).
+    pub drop_writes: bool,
+    /// Reads of the section at this offset come back with a bad checksum
+    /// (a torn or damaged section as some path delivers it).
+    pub corrupt_reads_at: Option<u64>,
 }
 
 /// A target wrapper that sleeps on the given clock or fails with EIO when the
@@ -261,7 +268,11 @@ impl<T: StatefileTarget> StatefileTarget for FaultyTarget<T> {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
         }
-        self.inner.read_at(buf, offset)
+        self.inner.read_at(buf, offset)?;
+        if self.active() && self.plan.corrupt_reads_at == Some(offset) {
+            buf[8] ^= 0xff;
+        }
+        Ok(())
     }
 
     fn write_at(&mut self, buf: &AlignedBuf, offset: u64) -> io::Result<()> {
@@ -269,6 +280,9 @@ impl<T: StatefileTarget> StatefileTarget for FaultyTarget<T> {
             self.clock.sleep(self.plan.write_delay);
             if self.plan.fail_writes {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            if self.plan.drop_writes {
+                return Ok(());
             }
         }
         self.inner.write_at(buf, offset)
@@ -366,5 +380,315 @@ impl EmulationReport {
             }
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Whole pools on one in-memory statefile, driven by `run_cycle` with a
+    //! fake clock per host: minutes of xhad time in milliseconds.
+
+    use super::*;
+    use crate::emulator::{emulated_host_uuid, HostEvent};
+    use crate::pool::{initialise, InitSpec};
+    use crate::statefile::{host_offset, StatefileUuid, STATEFILE_SIZE};
+    use crate::target::MemTarget;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    struct SimHost {
+        host: Mutex<EmulatedHost>,
+        clock: Arc<FakeClock>,
+        target: Box<dyn StatefileTarget>,
+        bufs: CycleBuffers,
+    }
+
+    /// A scripted change to the shared image at a given time.
+    type ImageEvent = (Duration, Box<dyn Fn(&mut Vec<u8>)>);
+
+    struct Sim {
+        image: MemTarget,
+        hosts: Vec<SimHost>,
+        events: Vec<ImageEvent>,
+    }
+
+    impl Sim {
+        fn new(n: usize, timeouts: Timeouts, faults: &[(usize, FaultPlan)]) -> Self {
+            let mut image = MemTarget::new(STATEFILE_SIZE as usize);
+            initialise(&mut image, &InitSpec::emulated(n, StatefileUuid::random())).unwrap();
+            let hosts = (0..n)
+                .map(|i| {
+                    let clock = Arc::new(FakeClock::default());
+                    let target: Box<dyn StatefileTarget> =
+                        match faults.iter().find(|(h, _)| *h == i) {
+                            Some((_, plan)) => Box::new(FaultyTarget {
+                                inner: image.clone(),
+                                clock: clock.clone(),
+                                plan: plan.clone(),
+                            }),
+                            None => Box::new(image.clone()),
+                        };
+                    let cfg = HostConfig {
+                        index: i,
+                        uuid: emulated_host_uuid(i),
+                        config_hosts: n,
+                        timeouts,
+                        accelerated: false,
+                        jitter: Duration::from_millis(500),
+                        expected_gen_uuid: None,
+                    };
+                    SimHost {
+                        host: Mutex::new(EmulatedHost::new(cfg)),
+                        clock,
+                        target,
+                        bufs: CycleBuffers::default(),
+                    }
+                })
+                .collect();
+            Sim {
+                image,
+                hosts,
+                events: Vec::new(),
+            }
+        }
+
+        /// Always advances the host that is furthest behind, so the shared
+        /// image sees the hosts' I/O in (almost) global time order.
+        fn run(mut self, end: Duration) -> Vec<HostReport> {
+            while let Some(i) = (0..self.hosts.len())
+                .filter(|&i| self.hosts[i].clock.now() < end)
+                .min_by_key(|&i| self.hosts[i].clock.now())
+            {
+                let h = &mut self.hosts[i];
+                let now = h.clock.now();
+                self.events.retain(|(at, change)| {
+                    if *at <= now {
+                        change(&mut self.image.image.lock().unwrap());
+                        false
+                    } else {
+                        true
+                    }
+                });
+                let (due, poll) = {
+                    let e = h.host.lock().unwrap();
+                    (e.cycle_due(now), e.poll_period())
+                };
+                if due {
+                    run_cycle(&h.host, &mut *h.target, &*h.clock, &mut h.bufs);
+                } else {
+                    h.clock.sleep(poll);
+                }
+            }
+            self.hosts
+                .iter()
+                .map(|h| {
+                    h.host
+                        .lock()
+                        .unwrap()
+                        .finish(h.clock.now().max(end), "sim".into())
+                })
+                .collect()
+        }
+    }
+
+    fn verdicts(r: &[HostReport]) -> Vec<Verdict> {
+        r.iter().map(|h| h.verdict).collect()
+    }
+
+    fn left(r: &HostReport) -> Vec<(usize, u64)> {
+        r.events
+            .iter()
+            .filter_map(|e| match e {
+                HostEvent::LeftSfdomain { host, at_ms } => Some((*host, *at_ms)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn healthy_pool() {
+        let r = Sim::new(3, Timeouts::derive(60), &[]).run(S(300));
+        assert_eq!(verdicts(&r), vec![Verdict::Ok; 3]);
+        for h in &r {
+            // One cycle every 3 s +- 0.5 s jitter, on 500 ms polls.
+            assert!((85..=105).contains(&h.cycles), "{h:?}");
+            assert_eq!(h.successful_cycles, h.cycles);
+            assert_eq!(
+                h.last_sequence as u64,
+                h.cycles - 1,
+                "no write in the first cycle"
+            );
+            assert!(h.longest_gap_ms <= 4000, "{}", h.longest_gap_ms);
+            assert_eq!(h.sfdomain_at_end.to_string(), "0,1,2");
+            assert!(h.events.is_empty(), "{:?}", h.events);
+            assert_eq!(h.read_latency.count as u64, 4 * h.cycles);
+        }
+    }
+
+    #[test]
+    fn a_writer_whose_writes_fail() {
+        let plan = FaultPlan {
+            from: S(100),
+            fail_writes: true,
+            ..FaultPlan::default()
+        };
+        let r = Sim::new(3, Timeouts::derive(60), &[(1, plan)]).run(S(300));
+        // The writer knows at once.
+        assert_eq!(r[1].verdict, Verdict::SfAccessLost);
+        let lost_at = r[1]
+            .events
+            .iter()
+            .find_map(|e| match e {
+                HostEvent::SfAccessLost { at_ms, .. } => Some(*at_ms),
+                _ => None,
+            })
+            .unwrap();
+        assert!((100_000..104_000).contains(&lost_at), "{lost_at}");
+        // The others drop it from their sfdomain T2 after its last write, and
+        // were warned at T2/2; they keep the statefile.
+        for i in [0, 2] {
+            let l = left(&r[i]);
+            assert_eq!(l.len(), 1, "{:?}", r[i].events);
+            assert_eq!(l[0].0, 1);
+            assert!((157_000..164_000).contains(&l[0].1), "{l:?}");
+            assert_eq!(r[i].verdict, Verdict::LatencyWarning);
+            assert!(r[i].sf_access_at_end);
+            assert_eq!(r[i].sfdomain_at_end.to_string(), "0,2");
+        }
+    }
+
+    #[test]
+    fn a_writer_whose_writes_are_silently_lost() {
+        // The device acknowledges but never applies host 2's writes: host 2
+        // sees its own sequence stand still and loses access T2 later.
+        let plan = FaultPlan {
+            from: S(60),
+            drop_writes: true,
+            ..FaultPlan::default()
+        };
+        let r = Sim::new(3, Timeouts::derive(60), &[(2, plan)]).run(S(200));
+        assert_eq!(r[2].verdict, Verdict::SfAccessLost);
+        assert!(!r[2].sf_access_at_end);
+        let reason = r[2]
+            .events
+            .iter()
+            .find_map(|e| match e {
+                HostEvent::SfAccessLost { at_ms, reason } => Some((*at_ms, reason.clone())),
+                _ => None,
+            })
+            .unwrap();
+        assert!(reason.1.contains("own sequence"), "{reason:?}");
+        assert!((117_000..124_000).contains(&reason.0), "{reason:?}");
+        for i in [0, 1] {
+            assert_eq!(left(&r[i]).iter().map(|l| l.0).collect::<Vec<_>>(), vec![2]);
+        }
+    }
+
+    #[test]
+    fn slow_writes_cross_the_warning_only() {
+        // 31 s per write: over T2/2 = 30 s, and the cycle (31 s + fast reads)
+        // still starts well within Ws = 75 s.
+        let plan = FaultPlan {
+            from: S(30),
+            write_delay: S(31),
+            ..FaultPlan::default()
+        };
+        let r = Sim::new(3, Timeouts::derive(60), &[(0, plan)]).run(S(300));
+        assert_eq!(r[0].verdict, Verdict::LatencyWarning, "{:?}", r[0].events);
+        assert!(r[0].write_latency.max_ms >= 31_000.0);
+        assert!(r[0].longest_gap_ms > 31_000 && r[0].longest_gap_ms < 40_000);
+        assert!(r.iter().all(|h| !h.verdict.is_hurt()), "{:?}", verdicts(&r));
+    }
+
+    #[test]
+    fn slow_reads_overrun_the_watchdog() {
+        // 20 s per read: each call is under T2/2, but one cycle of 4 reads
+        // takes 80 s and the next cannot start within Ws = 75 s.
+        let plan = FaultPlan {
+            from: S(30),
+            read_delay: S(20),
+            ..FaultPlan::default()
+        };
+        let r = Sim::new(3, Timeouts::derive(60), &[(1, plan)]).run(S(300));
+        assert_eq!(r[1].verdict, Verdict::WouldFence, "{:?}", r[1].events);
+        let fired = r[1]
+            .events
+            .iter()
+            .find_map(|e| match e {
+                HostEvent::WatchdogExpired {
+                    at_ms,
+                    cycle_started_ms,
+                } => Some((*at_ms, *cycle_started_ms)),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(fired.0 - fired.1, 75_000);
+        assert!(r[1].read_latency.max_ms < 30_000.0);
+        // Its sequence moves every ~83 s: the others drop it from their
+        // sfdomain (and so would xhad's fault handler).
+        assert!(left(&r[0]).iter().any(|l| l.0 == 1), "{:?}", r[0].events);
+    }
+
+    #[test]
+    fn a_corrupt_section_costs_every_host_the_statefile() {
+        // Every host's reads of host 2's section come back corrupt for 50 s.
+        let plan = FaultPlan {
+            from: S(100),
+            until: Some(S(150)),
+            corrupt_reads_at: Some(host_offset(2)),
+            ..FaultPlan::default()
+        };
+        let faults: Vec<_> = (0..3).map(|i| (i, plan.clone())).collect();
+        let r = Sim::new(3, Timeouts::derive(60), &faults).run(S(250));
+        assert_eq!(verdicts(&r), vec![Verdict::SfAccessLost; 3]);
+        for h in &r {
+            assert!(h.errors.corrupt_pieces >= 3, "{:?}", h.errors);
+            assert!(h.errors.failed_full_reads >= 1);
+            assert!(h
+                .errors
+                .messages
+                .iter()
+                .any(|m| m.contains("host section 2: checksum")));
+            let lost = h
+                .events
+                .iter()
+                .find_map(|e| match e {
+                    HostEvent::SfAccessLost { at_ms, reason } => Some((*at_ms, reason.clone())),
+                    _ => None,
+                })
+                .unwrap();
+            assert!(lost.1.contains("corrupt"), "{lost:?}");
+            assert!((100_000..106_000).contains(&lost.0), "{lost:?}");
+            // Writing stopped meanwhile; after the fault, a full read, a
+            // write and a read back restore access.
+            assert!(
+                h.events.iter().any(
+                    |e| matches!(e, HostEvent::SfAccessRegained { at_ms } if *at_ms >= 150_000)
+                ),
+                "{:?}",
+                h.events
+            );
+            assert!(h.sf_access_at_end);
+            assert!(h.longest_gap_ms >= 48_000, "{}", h.longest_gap_ms);
+        }
+    }
+
+    #[test]
+    fn a_corrupt_global_section_on_disk_stays() {
+        // Nobody rewrites the global section, so damage on disk is permanent.
+        let mut sim = Sim::new(3, Timeouts::derive(60), &[]);
+        sim.events
+            .push((S(100), Box::new(|img: &mut Vec<u8>| img[40] ^= 0xff)));
+        let r = sim.run(S(200));
+        assert_eq!(verdicts(&r), vec![Verdict::SfAccessLost; 3]);
+        for h in &r {
+            assert!(!h.sf_access_at_end);
+            assert!(h
+                .errors
+                .messages
+                .iter()
+                .any(|m| m.contains("global section: checksum")));
+            assert!(h.last_sequence < 40, "no writes after the damage");
+        }
     }
 }
