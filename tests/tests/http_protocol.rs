@@ -416,3 +416,38 @@ fn sigterm_exits_zero_and_releases_the_role() {
     })
     .expect("the standby takes over after an orderly release");
 }
+
+#[test]
+fn a_resumed_frozen_holder_steps_down_and_the_standby_serves() {
+    let disk = TempDisk::random(SIZE, 7);
+    let (a, acfg) = start(&disk, "file", &["--freeze-threshold-ms", "1000"]);
+    poll_until(WAIT, || {
+        status_of(acfg.port).filter(|s| s.role == heartbeat_wire::Role::Serving)
+    })
+    .expect("first server serves");
+    let ea = status_of(acfg.port).unwrap().epoch;
+    let (_b, bcfg) = start(&disk, "file", &[]);
+    a.signal(Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(2500));
+    a.signal(Signal::SIGCONT);
+    // The resumed server must not serve under its old epoch: it steps down,
+    // releases the lock, and the standby takes over with a higher epoch.
+    let sb = poll_until(WAIT, || {
+        status_of(bcfg.port).filter(|s| s.role == heartbeat_wire::Role::Serving)
+    })
+    .expect("standby takes over after the holder was frozen");
+    assert!(sb.epoch > ea);
+    let sa = status_of(acfg.port).expect("resumed server answers status");
+    assert_ne!(sa.role, heartbeat_wire::Role::Serving, "{sa:?}");
+    // Once it has re-read the sidecar, its 503 points at the new holder.
+    let r = poll_until(WAIT, || {
+        let r = raw(
+            acfg.port,
+            b"GET / HTTP/1.1\r\nHost: t\r\nRange: bytes=0-511\r\n\r\n",
+        );
+        assert_eq!(r.status, 503);
+        (r.header("x-heartbeat-serving-url").is_some()).then_some(r)
+    })
+    .expect("the resumed server learns the new holder's URL");
+    assert_eq!(r.header("x-heartbeat-serving-url"), Some(&*bcfg.url()));
+}
