@@ -11,6 +11,12 @@
 //! `O_RDWR|O_DIRECT|O_SYNC`, one 260 KiB write, 1 KiB writes, 512-byte reads,
 //! each read back. The host then checks that the bytes landed in the file.
 //!
+//! A third test boots two VMs joined by a QEMU datagram link and runs a DRBD
+//! 8.4 pair on them (issue 5 groundwork; DRBD 9 is not available here): one
+//! promotes, the other's promotion is refused with exit code 11 and the
+//! message of `fixtures/drbd/primary-refused-v84.txt`, the Primary dies hard,
+//! the survivor promotes and reads the dead Primary's last write.
+//!
 //! The VM reports over its serial console (`VMTEST PASS <name>` /
 //! `VMTEST FAIL <name> <reason>`) and powers itself off; run-vm.sh kills it
 //! after a host-side timeout. Host prerequisites: `tests/vm/install-vm-deps.sh`.
@@ -21,8 +27,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use heartbeat_tests::{
-    binary, free_port, pseudo_random_bytes, require_tool, run_with_timeout, start_disk_server,
-    target_dir, workspace_root, Daemon, DiskServerConfig, Profile, TempDisk,
+    binary, free_port, pseudo_random_bytes, require_tool, run_with_timeout, shared_dir,
+    start_disk_server, target_dir, workspace_root, Daemon, DiskServerConfig, Profile, TempDisk,
 };
 
 const DISK_SIZE: u64 = 4 * 1024 * 1024;
@@ -31,6 +37,14 @@ const VM_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn vm_dir() -> PathBuf {
     workspace_root().join("tests/vm")
+}
+
+/// VMs under TCG are CPU-bound: running this file's tests one at a time keeps
+/// each well inside its timeout on a 2-core machine (the DRBD test alone
+/// boots two VMs at once).
+fn one_vm_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Builds the shared initramfs and the guest I/O tool once per test process.
@@ -74,6 +88,15 @@ struct VmRun {
 
 impl VmRun {
     fn boot(scenario: &str, files: &[PathBuf], params: &[(&str, String)]) -> Self {
+        Self::boot_with(scenario, files, params, &[])
+    }
+
+    fn boot_with(
+        scenario: &str,
+        files: &[PathBuf],
+        params: &[(&str, String)],
+        extra: &[String],
+    ) -> Self {
         let mut cmd = Command::new("bash");
         cmd.arg(vm_dir().join("run-vm.sh"))
             .arg("--scenario")
@@ -85,6 +108,7 @@ impl VmRun {
         for (k, v) in params {
             cmd.args(["--param", &format!("{k}={v}")]);
         }
+        cmd.args(extra);
         let (status, serial, stderr) =
             run_with_timeout(&mut cmd, VM_TIMEOUT + Duration::from_secs(60))
                 .expect("run tests/vm/run-vm.sh");
@@ -129,6 +153,7 @@ fn assert_scenario_bytes_landed(disk: &TempDisk, seed: u64) {
 
 #[test]
 fn kernel_nbd_client_on_nbdkit_file() {
+    let _serial = one_vm_test_at_a_time();
     require_tool("nbdkit");
     let io = guest_io();
     let disk = TempDisk::zeroed(DISK_SIZE);
@@ -161,6 +186,7 @@ fn kernel_nbd_client_on_nbdkit_file() {
 
 #[test]
 fn kernel_nbd_client_through_nbd_http_server_and_http_disk_server() {
+    let _serial = one_vm_test_at_a_time();
     let io = guest_io();
     let disk = TempDisk::zeroed(DISK_SIZE);
     let dir = disk.dir.path().to_path_buf();
@@ -221,4 +247,63 @@ fn wait_for_listener(port: u16) {
         up.is_some(),
         "nothing listens on 127.0.0.1:{port} after 10 s"
     );
+}
+
+#[test]
+fn drbd84_pair_refuses_a_second_primary_and_fails_over() {
+    let _serial = one_vm_test_at_a_time();
+    let io = guest_io();
+    let (port_a, port_b) = (free_port(), free_port());
+    let boot = |role: &'static str,
+                ip: &'static str,
+                peer: &'static str,
+                link: String,
+                mac: &'static str| {
+        let io = io.clone();
+        std::thread::spawn(move || {
+            VmRun::boot_with(
+                "drbd-pair.sh",
+                &[io],
+                &[
+                    ("role", role.to_string()),
+                    ("hostname", format!("vm-{role}")),
+                    ("ip1", ip.to_string()),
+                    ("peer", peer.to_string()),
+                ],
+                &["--vmnet".into(), link, "--mac-suffix".into(), mac.into()],
+            )
+        })
+    };
+    let a = boot(
+        "a",
+        "192.168.77.1",
+        "192.168.77.2",
+        format!("{port_a}:{port_b}"),
+        "0a",
+    );
+    let b = boot(
+        "b",
+        "192.168.77.2",
+        "192.168.77.1",
+        format!("{port_b}:{port_a}"),
+        "0b",
+    );
+    let (a, b) = (
+        a.join().expect("vm-a thread"),
+        b.join().expect("vm-b thread"),
+    );
+    a.assert_pass("drbd-a");
+    b.assert_pass("drbd-b");
+
+    // The refusal the survivor saw is the one the fixture records.
+    let fixture =
+        std::fs::read_to_string(shared_dir().join("fixtures/drbd/primary-refused-v84.txt"))
+            .expect("read fixtures/drbd/primary-refused-v84.txt");
+    for line in fixture.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            b.serial.lines().any(|l| l.trim_end() == line.trim_end()),
+            "vm-b did not print the fixture line {line:?}; serial:\n{}",
+            b.serial
+        );
+    }
 }
