@@ -86,11 +86,12 @@ impl WatchdogSupervisor {
 
     /// Start watching `pid` (call after spawning it).
     pub fn watch(&self, pid: i32) {
+        // Messages may already have arrived from this pid: keep them.
         let mut st = self.state.lock().unwrap();
-        *st = SupervisorState {
-            pid: Some(pid),
-            ..Default::default()
-        };
+        st.pid = Some(pid);
+        st.fired_at = None;
+        // Like systemd, the watchdog clock starts when the service starts.
+        st.last_ping = Some(Instant::now());
     }
 
     pub fn snapshot(&self) -> (bool, u64, Option<Instant>) {
