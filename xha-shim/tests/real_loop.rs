@@ -14,15 +14,15 @@ use xha_shim::timeouts::Timeouts;
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
-/// T2 = 1 s (warning at 500 ms), cycle every 100 ms.
-fn host(i: usize, n: usize, watchdog: Duration) -> HostConfig {
+/// Cycle every 100 ms; T2 and Ws as given (warning at T2/2).
+fn host(i: usize, n: usize, sf_timeout: Duration, watchdog: Duration) -> HostConfig {
     HostConfig {
         index: i,
         uuid: emulated_host_uuid(i),
         config_hosts: n,
         timeouts: Timeouts::derive(60).with_overrides(
             Some(MS(100)),
-            Some(MS(1000)),
+            Some(sf_timeout),
             Some(watchdog),
         ),
         accelerated: false,
@@ -51,37 +51,40 @@ fn faulty(inner: MemTarget, plan: FaultPlan) -> Box<dyn StatefileTarget> {
 fn slow_writes_warn_and_slow_reads_fence() {
     let image = pool(3);
     let targets = vec![
-        // Host 0: 600 ms writes, over T2/2 but the cycle fits the watchdog.
+        // Host 0: 1.1 s writes, over T2/2 = 1 s, but its cycle (~1.2 s)
+        // fits both T2 = 2 s and the watchdog (Ws = 3 s).
         faulty(
             image.clone(),
             FaultPlan {
-                write_delay: MS(600),
+                write_delay: MS(1100),
                 ..FaultPlan::default()
             },
         ),
-        // Host 1: 400 ms reads; 4 reads = 1.6 s per cycle > Ws = 1.5 s.
+        // Host 1: 800 ms reads, each under T2/2; 4 reads = 3.2 s per cycle,
+        // more than Ws = 3 s.
         faulty(
             image.clone(),
             FaultPlan {
-                read_delay: MS(400),
+                read_delay: MS(800),
                 ..FaultPlan::default()
             },
         ),
         Box::new(image.clone()),
     ];
-    let hosts = (0..3).map(|i| host(i, 3, MS(1500))).collect();
+    let hosts = (0..3).map(|i| host(i, 3, MS(2000), MS(3000))).collect();
     let report = run_emulation(
         EmulationConfig {
             hosts,
-            duration: MS(4000),
+            duration: MS(5000),
         },
         targets,
     );
     let h = &report.hosts;
     assert_eq!(h[0].verdict, Verdict::LatencyWarning, "{:#?}", h[0]);
-    assert!(h[0].write_latency.max_ms >= 600.0);
+    assert!(h[0].write_latency.max_ms >= 1100.0);
     assert_eq!(h[1].verdict, Verdict::WouldFence, "{:#?}", h[1]);
-    assert!(h[1].read_latency.p50_ms >= 400.0);
+    assert!(h[1].read_latency.p50_ms >= 800.0);
+    assert!(h[1].read_latency.max_ms < 1000.0, "each call under T2/2");
     assert!(report.any_hurt);
     assert!(h[2].cycles >= 10, "{:#?}", h[2]);
     // Host 2 is fine itself, but sees host 1 leave its sfdomain.
@@ -128,7 +131,7 @@ fn a_hung_call_is_judged_while_it_hangs() {
             reads_left: 9,
         }),
     ];
-    let hosts = (0..2).map(|i| host(i, 2, MS(1200))).collect();
+    let hosts = (0..2).map(|i| host(i, 2, MS(1000), MS(1200))).collect();
     let started = std::time::Instant::now();
     let report = run_emulation(
         EmulationConfig {
