@@ -90,6 +90,28 @@ pub struct Args {
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, default_value_t = 5_000)]
     pub shutdown_grace_ms: u64,
+    /// DRBD arbiter: the resource (default: from a /dev/drbd/by-res/RES/VOL
+    /// path, or the minor of /dev/drbdN looked up with `drbdsetup status`).
+    #[arg(long)]
+    pub drbd_resource: Option<String>,
+    /// DRBD arbiter: the drbdsetup binary.
+    #[arg(long, default_value = "drbdsetup")]
+    pub drbdsetup: PathBuf,
+    /// DRBD arbiter: explicit = `drbdsetup primary`/`secondary` (auto-promote
+    /// no); auto = opening the device read-write promotes (auto-promote yes).
+    #[arg(long, value_enum, default_value = "explicit")]
+    pub drbd_promote: arbiter::drbd::DrbdPromote,
+    /// DRBD arbiter: multiplies the disk-state delay before promoting
+    /// (UpToDate 0 s, Consistent 1 s, Outdated 2 s, Inconsistent 3 s, else 6 s).
+    #[arg(long, default_value_t = 0.5)]
+    pub drbd_sleep_factor: f64,
+    /// DRBD arbiter: limit for one `drbdsetup primary|secondary|status` run.
+    #[arg(long, default_value_t = 10_000)]
+    pub drbd_command_timeout_ms: u64,
+    /// DRBD arbiter: NODE=URL, the server URL of the DRBD peer named NODE,
+    /// for the hint a standby gives (repeatable).
+    #[arg(long, value_parser = arbiter::drbd::parse_peer_url)]
+    pub peer_url: Vec<(String, String)>,
 }
 
 impl Args {
@@ -117,10 +139,20 @@ pub fn make_arbiter(args: &Args, probe: &DiskProbe) -> anyhow::Result<Box<dyn Ar
             args.epoch_file.clone(),
         )),
         ArbiterKind::None => Box::new(arbiter::none::NoArbiter),
-        ArbiterKind::Drbd => anyhow::bail!(
-            "the drbd arbiter for {} is not built into this version yet; pass --arbiter file (single machine only) or --arbiter none (tests)",
-            args.disk.display()
-        ),
+        ArbiterKind::Drbd => Box::new(arbiter::drbd::DrbdArbiter::new(
+            &args.disk,
+            arbiter::drbd::DrbdConfig {
+                resource: args.drbd_resource.clone(),
+                drbdsetup: args.drbdsetup.clone(),
+                command_timeout: Duration::from_millis(args.drbd_command_timeout_ms.max(1)),
+                promote: args.drbd_promote,
+                sleep_factor: args.drbd_sleep_factor.max(0.0),
+                peer_urls: args.peer_url.iter().cloned().collect(),
+                // The server drains for one I/O deadline; allow for that twice.
+                release_timeout: Duration::from_millis(args.io_deadline_ms.max(1)) * 2
+                    + Duration::from_secs(1),
+            },
+        )),
     })
 }
 

@@ -30,6 +30,7 @@
 //! Implementations: [`file`] (one machine, OFD lock) and [`none`] (always
 //! serving, for tests and benchmarks). `drbd` lives beside them once written.
 
+pub mod drbd;
 pub mod file;
 pub mod none;
 
