@@ -10,6 +10,7 @@
 
 pub mod daemon;
 pub mod handshake;
+pub mod kernel;
 pub mod server;
 pub mod transmission;
 pub mod upstream;
