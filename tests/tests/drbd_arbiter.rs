@@ -537,3 +537,28 @@ fn auto_promote_open_serves_without_drbdsetup_primary() {
         "{calls:?}"
     );
 }
+
+/// A worse local disk waits before promoting, and says so: Outdated is 2 s
+/// times the sleep factor (here 2, so 4 s); then it promotes.
+#[test]
+fn outdated_disk_waits_and_says_why_before_promoting() {
+    let disk = TempDisk::zeroed(SIZE);
+    let fake = FakeDrbd::new(&disk);
+    let dump_outdated = [
+        resource_line("exists", "Secondary", true),
+        device_line("exists", "Outdated", true),
+        connection_line("exists", "Secondary"),
+        peer_device_line("exists"),
+        "exists -".to_owned(),
+    ]
+    .join("\n");
+    fake.append(&dump_outdated);
+    let (server, cfg) = start(&disk, &fake, &["--drbd-sleep-factor", "2"]);
+    let st = wait_reason(&cfg, &server, "(disk Outdated) before promoting");
+    assert!(
+        st.standby_reason.as_deref().unwrap().contains("waiting"),
+        "{st:?}"
+    );
+    fake.wait_call("primary r0", 1, &server);
+    wait_role(&cfg, &server, Role::Serving);
+}
