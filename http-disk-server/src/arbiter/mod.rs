@@ -28,7 +28,8 @@
 //!    The server waits for it only a bounded time.
 //!
 //! Implementations: [`file`] (one machine, OFD lock) and [`none`] (always
-//! serving, for tests and benchmarks). `drbd` lives beside them once written.
+//! serving, for tests and benchmarks), and [`drbd`] (DRBD decides, through
+//! the `linstor` crate's promoter).
 
 pub mod drbd;
 pub mod file;
