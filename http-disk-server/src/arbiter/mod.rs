@@ -27,8 +27,8 @@
 //!    releases the role in an orderly way, publishes `Standby`, and returns.
 //!    The server waits for it only a bounded time.
 //!
-//! Implementations: [`file`] (one machine, OFD lock) and [`none`] (always
-//! serving, for tests and benchmarks), and [`drbd`] (DRBD decides, through
+//! Implementations: [`file`] (one machine, OFD lock), [`none`] (always
+//! serving, for tests and benchmarks) and [`drbd`] (DRBD decides, through
 //! the `linstor` crate's promoter).
 
 pub mod drbd;
