@@ -10,7 +10,9 @@
 //! skip the handshake for that connection, and must serve exactly the export
 //! described by the [`DeviceConfig`] given here (size, block size, and the
 //! transmission flags in [`DeviceConfig::server_flags`], which decide whether
-//! the kernel sends FLUSH and FUA).
+//! the kernel sends FLUSH and FUA). After `NBD_CMD_DISC` the server must
+//! close its end: the kernel (the ioctl path's `NBD_DO_IT` in particular)
+//! waits for EOF before it lets the device go.
 //!
 //! # Lifetime and the restart case
 //!
@@ -247,9 +249,47 @@ pub fn attach(
     cfg: &DeviceConfig,
     index: Option<u32>,
 ) -> Result<AttachedDevice, KernelError> {
+    match attach_using(AttachMethod::Netlink, sock, cfg, index) {
+        Err(AttachError {
+            error: KernelError::FamilyMissing,
+            sock: Some(sock),
+        }) => attach_using(AttachMethod::Ioctl, sock, cfg, index).map_err(|e| e.error),
+        other => other.map_err(|e| e.error),
+    }
+}
+
+/// A failed attach; the socket comes back when the kernel never saw it.
+#[derive(Debug)]
+pub struct AttachError {
+    pub error: KernelError,
+    pub sock: Option<OwnedFd>,
+}
+
+impl From<KernelError> for AttachError {
+    fn from(error: KernelError) -> Self {
+        Self { error, sock: None }
+    }
+}
+
+/// [`attach`] with one given method, no fallback (tests force the ioctl path).
+pub fn attach_using(
+    method: AttachMethod,
+    sock: OwnedFd,
+    cfg: &DeviceConfig,
+    index: Option<u32>,
+) -> Result<AttachedDevice, AttachError> {
     cfg.validate()?;
-    let attached = match NbdNetlink::open() {
-        Ok(mut nl) => {
+    let attached = match method {
+        AttachMethod::Netlink => {
+            let mut nl = match NbdNetlink::open() {
+                Ok(nl) => nl,
+                Err(error) => {
+                    return Err(AttachError {
+                        error,
+                        sock: Some(sock),
+                    })
+                }
+            };
             let statuses = survey_with(&mut nl)?;
             let index = match index {
                 Some(i) => i,
@@ -284,7 +324,7 @@ pub fn attach(
                 session: None,
             }
         }
-        Err(KernelError::FamilyMissing) => {
+        AttachMethod::Ioctl => {
             let statuses = survey_sysfs();
             let index = match index {
                 Some(i) => i,
@@ -296,7 +336,6 @@ pub fn attach(
                 session: Some(session),
             }
         }
-        Err(e) => return Err(e),
     };
     if let Err(e) = set_scheduler_none(attached.index) {
         tracing::warn!(device = %attached.path().display(), error = %e, "cannot set the queue scheduler to none");
