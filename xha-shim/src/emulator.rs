@@ -217,6 +217,25 @@ pub struct HostReport {
     pub verdict: Verdict,
 }
 
+/// A host as it stands during a run, for a live display.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostLive {
+    pub index: usize,
+    /// The sequence number last written to its own section.
+    pub sequence: u32,
+    pub cycles: u64,
+    pub successful_cycles: u64,
+    /// Latency of the most recent completed call.
+    pub last_latency_ms: Option<f64>,
+    pub max_latency_ms: f64,
+    /// Longest gap between successful cycles so far, the open one included.
+    pub longest_gap_ms: u64,
+    /// Age of a call still running, if any.
+    pub in_flight_ms: Option<u64>,
+    pub sf_access: bool,
+    pub verdict: Verdict,
+}
+
 const MAX_MESSAGES: usize = 5;
 
 /// One emulated host's statefile thread.
@@ -243,6 +262,8 @@ pub struct EmulatedHost {
     cycle_fatal: Option<String>,
     read_sections: Vec<Option<HostSection>>,
     in_flight_since: Option<Duration>,
+    last_latency: Option<Duration>,
+    max_latency: Duration,
 
     cycles: u64,
     successful_cycles: u64,
@@ -289,6 +310,8 @@ impl EmulatedHost {
             cycle_fatal: None,
             read_sections,
             in_flight_since: None,
+            last_latency: None,
+            max_latency: Duration::ZERO,
             cycles: 0,
             successful_cycles: 0,
             first_cycle_start: None,
@@ -424,6 +447,8 @@ impl EmulatedHost {
 
     fn io_finished(&mut self, now: Duration, latency: Duration) {
         self.in_flight_since = None;
+        self.last_latency = Some(latency);
+        self.max_latency = self.max_latency.max(latency);
         let limit = self.cfg.timeouts.latency_warning();
         if latency > limit {
             self.warn_latency(
@@ -680,6 +705,26 @@ impl EmulatedHost {
             Verdict::LatencyWarning
         } else {
             Verdict::Ok
+        }
+    }
+
+    /// The host as it stands at `now`, judged up to then (the rules that
+    /// fire with time alone are applied, as xhad's threads would).
+    pub fn live(&mut self, now: Duration) -> HostLive {
+        self.tick(now);
+        let since = self.last_success.or(self.first_cycle_start).unwrap_or(now);
+        let open_gap = now.saturating_sub(since);
+        HostLive {
+            index: self.cfg.index,
+            sequence: self.sequence,
+            cycles: self.cycles,
+            successful_cycles: self.successful_cycles,
+            last_latency_ms: self.last_latency.map(ms_f),
+            max_latency_ms: ms_f(self.max_latency),
+            longest_gap_ms: ms(self.longest_gap.max(open_gap)),
+            in_flight_ms: self.in_flight_since.map(|s| ms(now.saturating_sub(s))),
+            sf_access: self.sf_access,
+            verdict: self.verdict(),
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::emulator::{EmulatedHost, HostConfig, HostReport, ReadNext, Verdict};
+use crate::emulator::{EmulatedHost, HostConfig, HostLive, HostReport, ReadNext, Verdict};
 use crate::statefile::{GLOBAL_IO_LEN, HOST_IO_LEN};
 use crate::target::{AlignedBuf, StatefileTarget};
 use crate::timeouts::Timeouts;
@@ -185,46 +185,101 @@ pub fn run_emulation(
     cfg: EmulationConfig,
     targets: Vec<Box<dyn StatefileTarget>>,
 ) -> EmulationReport {
-    assert_eq!(cfg.hosts.len(), targets.len(), "one target per host");
-    let clock = Arc::new(RealClock::new());
-    let stop = Arc::new(AtomicBool::new(false));
-    let timeouts = cfg.hosts[0].timeouts;
-    let accelerated = cfg.hosts[0].accelerated;
-    let mut hosts = Vec::new();
-    let mut threads = Vec::new();
-    for (hc, mut target) in cfg.hosts.into_iter().zip(targets) {
-        let host = Arc::new(Mutex::new(EmulatedHost::new(hc)));
-        let name = target.describe();
-        hosts.push((host.clone(), name));
-        let (clock, stop) = (clock.clone(), stop.clone());
-        let end = cfg.duration;
-        threads.push(std::thread::spawn(move || {
-            run_host_until(&host, &mut *target, &*clock, end, &stop);
-        }));
+    let duration = cfg.duration;
+    let run = Emulation::start(cfg, targets);
+    run.clock.sleep(duration);
+    run.finish()
+}
+
+/// A run in progress: one thread per host, observable while it runs.
+pub struct Emulation {
+    clock: Arc<RealClock>,
+    stop: Arc<AtomicBool>,
+    duration: Duration,
+    timeouts: Timeouts,
+    accelerated: bool,
+    hosts: Vec<(Arc<Mutex<EmulatedHost>>, String)>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Emulation {
+    /// Starts every host's thread; they stop by themselves after the
+    /// configured duration.
+    pub fn start(cfg: EmulationConfig, targets: Vec<Box<dyn StatefileTarget>>) -> Self {
+        assert_eq!(cfg.hosts.len(), targets.len(), "one target per host");
+        assert!(!cfg.hosts.is_empty(), "at least one host");
+        let clock = Arc::new(RealClock::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let timeouts = cfg.hosts[0].timeouts;
+        let accelerated = cfg.hosts[0].accelerated;
+        let mut hosts = Vec::new();
+        let mut threads = Vec::new();
+        for (hc, mut target) in cfg.hosts.into_iter().zip(targets) {
+            let host = Arc::new(Mutex::new(EmulatedHost::new(hc)));
+            let name = target.describe();
+            hosts.push((host.clone(), name));
+            let (clock, stop) = (clock.clone(), stop.clone());
+            let end = cfg.duration;
+            threads.push(std::thread::spawn(move || {
+                run_host_until(&host, &mut *target, &*clock, end, &stop);
+            }));
+        }
+        Emulation {
+            clock,
+            stop,
+            duration: cfg.duration,
+            timeouts,
+            accelerated,
+            hosts,
+            threads,
+        }
     }
-    // Threads end at `end` unless stuck in a call; wait for them a little past
-    // the end (a cycle in progress finishes), not forever.
-    let grace = Duration::from_secs(2);
-    let deadline = cfg.duration + grace;
-    clock.sleep(cfg.duration);
-    stop.store(true, Ordering::Relaxed);
-    while clock.now() < deadline && threads.iter().any(|t| !t.is_finished()) {
-        clock.sleep(Duration::from_millis(20));
+
+    /// Time since the run started.
+    pub fn elapsed(&self) -> Duration {
+        self.clock.now()
     }
-    // Judge everyone at the end of the run: a host whose thread stopped then
-    // must not be blamed for the cycles it was told not to run, and a host
-    // still stuck has been stuck at least until then.
-    let reports: Vec<HostReport> = hosts
-        .iter()
-        .map(|(h, name)| h.lock().unwrap().finish(cfg.duration, name.clone()))
-        .collect();
-    let any_hurt = reports.iter().any(|r| r.verdict.is_hurt());
-    EmulationReport {
-        duration_ms: cfg.duration.as_millis() as u64,
-        timeouts,
-        accelerated,
-        hosts: reports,
-        any_hurt,
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// Every host as it stands now.
+    pub fn live(&self) -> Vec<HostLive> {
+        let now = self.clock.now().min(self.duration);
+        self.hosts
+            .iter()
+            .map(|(h, _)| h.lock().unwrap().live(now))
+            .collect()
+    }
+
+    /// Stops the hosts (at once if the run is cut short), waits a little for
+    /// a cycle in progress, and judges everyone at the end of the run.
+    pub fn finish(self) -> EmulationReport {
+        let end = self.clock.now().min(self.duration);
+        self.stop.store(true, Ordering::Relaxed);
+        // Threads end at `end` unless stuck in a call; wait for them a little
+        // past the end (a cycle in progress finishes), not forever.
+        let deadline = self.clock.now() + Duration::from_secs(2);
+        while self.clock.now() < deadline && self.threads.iter().any(|t| !t.is_finished()) {
+            self.clock.sleep(Duration::from_millis(20));
+        }
+        // Judge everyone at the end of the run: a host whose thread stopped
+        // then must not be blamed for the cycles it was told not to run, and
+        // a host still stuck has been stuck at least until then.
+        let reports: Vec<HostReport> = self
+            .hosts
+            .iter()
+            .map(|(h, name)| h.lock().unwrap().finish(end, name.clone()))
+            .collect();
+        let any_hurt = reports.iter().any(|r| r.verdict.is_hurt());
+        EmulationReport {
+            duration_ms: end.as_millis() as u64,
+            timeouts: self.timeouts,
+            accelerated: self.accelerated,
+            hosts: reports,
+            any_hurt,
+        }
     }
 }
 

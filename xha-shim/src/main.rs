@@ -1,16 +1,20 @@
 //! `xha-shim`: initialise, inspect and exercise an XHA statefile on a path or
 //! an NBD export.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use xha_shim::daemons::{catch_interrupts, DaemonBinaries};
+use xha_shim::demo::{run_demo, DemoConfig, Output};
 use xha_shim::emulator::{emulated_host_uuid, HostConfig};
 use xha_shim::heartbeat::{run_emulation, EmulationConfig};
 use xha_shim::pool::{initialise, read_statefile, InitSpec, Inspection};
 use xha_shim::statefile::{PoolState, StatefileUuid, MAX_HOSTS};
+use xha_shim::status::{StatusReport, STATUS_TIMEOUT};
 use xha_shim::target::open_target;
 use xha_shim::timeouts::{
     Timeouts, DEFAULT_JITTER, DEFAULT_TIMEOUT_BASE_SECS, MIN_TIMEOUT_BASE_SECS,
@@ -34,6 +38,96 @@ enum Command {
     Init(InitArgs),
     Inspect(InspectArgs),
     Heartbeat(HeartbeatArgs),
+    Demo(DemoArgs),
+    Status(StatusArgs),
+    /// LINSTOR side of the heartbeat volumes: provision them, list their URLs.
+    Linstor {
+        #[command(subcommand)]
+        command: linstor::rest::cli::Command,
+    },
+}
+
+/// The whole chain on this machine under XHA's load, a crash of the serving
+/// server, and XHA's verdict.
+///
+/// In a temp directory: a 4 MiB statefile, three http-disk-servers (file
+/// arbiter) on 127.0.0.1, one nbd-http-server per host given all their URLs,
+/// the statefile initialised through host 0's export, and one emulated xhad
+/// statefile thread per host (xhad's default timing: t = 60 s, so t2 = 3 s,
+/// T2 = 60 s, Ws = 75 s). Every --kill-every seconds the serving
+/// http-disk-server is SIGKILLed; it comes back as a standby a few seconds
+/// later. The daemons are taken from the directory of this executable.
+///
+/// Exit status: 0 no host would have been hurt, 1 XHA would have fenced a
+/// host or cut one off the statefile, 2 the demo could not run, 130
+/// interrupted.
+#[derive(Args)]
+struct DemoArgs {
+    /// Emulated hosts, each with its own nbd-http-server.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
+    hosts: u16,
+    /// How long the heartbeat load runs, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
+    /// SIGKILL the serving http-disk-server every this many seconds.
+    #[arg(long, default_value_t = 20.0)]
+    kill_every: f64,
+    /// Bring a killed server back (as a standby) this many seconds later.
+    #[arg(long, default_value_t = 3.0)]
+    restart_after: f64,
+    /// What happens without our failover: one http-disk-server, each
+    /// nbd-http-server knows only its URL, and once killed it stays down
+    /// for --outage seconds.
+    #[arg(long)]
+    no_failover: bool,
+    /// With --no-failover: how long the killed server stays down, in
+    /// seconds (default: StateFileTimeout T2 + 5 s).
+    #[arg(long)]
+    outage: Option<f64>,
+    /// Base timeout t in seconds (xapi's; t2 = max(2, t/20), T2 = t, Ws = T2 + 15).
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT_BASE_SECS)]
+    timeout_base: u64,
+    /// Override StateFileInterval t2, in ms.
+    #[arg(long)]
+    interval_ms: Option<u64>,
+    /// Override StateFileTimeout T2, in ms (Ws follows as T2 + 15 s).
+    #[arg(long)]
+    sf_timeout_ms: Option<u64>,
+    /// Override StateFileWatchdogTimeout Ws, in ms.
+    #[arg(long)]
+    watchdog_ms: Option<u64>,
+    /// Half-width of the per-cycle jitter, in ms.
+    #[arg(long, default_value_t = DEFAULT_JITTER.as_millis() as u64)]
+    jitter_ms: u64,
+    /// Cycle every 400 ms, as xhad does during fault handling.
+    #[arg(long)]
+    accelerated: bool,
+    /// Print only the final report, as JSON (no live table).
+    #[arg(long)]
+    json: bool,
+    /// Keep the work directory (statefile image, daemon logs) afterwards.
+    #[arg(long)]
+    keep_dir: bool,
+    /// Where http-disk-server and nbd-http-server are (default: the
+    /// directory of this executable).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+/// Ask every http-disk-server of a volume for its status and show who serves.
+///
+/// Exit status 0 when exactly one serves, 1 when none or several do.
+#[derive(Args)]
+struct StatusArgs {
+    /// The servers' URLs, comma separated: http://HOST:PORT[,...]
+    #[arg(long, value_delimiter = ',', required = true)]
+    urls: Vec<String>,
+    /// Per-server timeout, in ms.
+    #[arg(long, default_value_t = STATUS_TIMEOUT.as_millis() as u64)]
+    timeout_ms: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Initialise a statefile like `ha_set_pool_state init`: one 266,240-byte
@@ -137,7 +231,90 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init(a) => init(a),
         Command::Inspect(a) => inspect(a),
         Command::Heartbeat(a) => heartbeat(a),
+        Command::Demo(a) => demo(a),
+        Command::Status(a) => status(a),
+        Command::Linstor { command } => {
+            let code = linstor::rest::cli::execute(
+                &command,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )?;
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
     }
+}
+
+fn seconds(name: &str, v: f64) -> Result<Duration> {
+    if !(v > 0.0 && v.is_finite()) {
+        bail!("--{name} must be a positive number of seconds, not {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn demo(a: DemoArgs) -> Result<ExitCode> {
+    if a.timeout_base < MIN_TIMEOUT_BASE_SECS {
+        bail!(
+            "--timeout-base {} is below xapi's minimum of {MIN_TIMEOUT_BASE_SECS} s; use --interval-ms/--sf-timeout-ms for shorter test timings",
+            a.timeout_base
+        );
+    }
+    let timeouts = Timeouts::derive(a.timeout_base).with_overrides(
+        a.interval_ms.map(Duration::from_millis),
+        a.sf_timeout_ms.map(Duration::from_millis),
+        a.watchdog_ms.map(Duration::from_millis),
+    );
+    let outage = match a.outage {
+        Some(o) => seconds("outage", o)?,
+        None => timeouts.statefile_timeout + Duration::from_secs(5),
+    };
+    let binaries = DaemonBinaries::locate(a.bin_dir.as_deref())?;
+    catch_interrupts()?;
+    let cfg = DemoConfig {
+        hosts: a.hosts as usize,
+        duration: seconds("duration", a.duration)?,
+        kill_every: seconds("kill-every", a.kill_every)?,
+        restart_after: seconds("restart-after", a.restart_after)?,
+        failover: !a.no_failover,
+        outage,
+        timeouts,
+        accelerated: a.accelerated,
+        jitter: Duration::from_millis(a.jitter_ms),
+        binaries,
+        keep_dir: a.keep_dir,
+        output: Output::for_stdout(a.json),
+    };
+    let report = run_demo(&cfg)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(if report.interrupted {
+        ExitCode::from(130)
+    } else if report.any_hurt {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn status(a: StatusArgs) -> Result<ExitCode> {
+    for u in &a.urls {
+        if !u.starts_with("http://") {
+            bail!("--urls: `{u}` is not an http://HOST:PORT URL");
+        }
+    }
+    let report = StatusReport::poll(&a.urls, Duration::from_millis(a.timeout_ms.max(1)));
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_table(std::time::SystemTime::now()));
+    }
+    Ok(if report.exactly_one_serves() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn init(a: InitArgs) -> Result<ExitCode> {
