@@ -17,6 +17,9 @@
 //! message of `fixtures/drbd/primary-refused-v84.txt`, the Primary dies hard,
 //! the survivor promotes and reads the dead Primary's last write.
 //!
+//! A fourth test runs nbd-http-server's own `kernel` module in a VM
+//! (netlink attach, restart via RECONFIGURE, ioctl fallback).
+//!
 //! The VM reports over its serial console (`VMTEST PASS <name>` /
 //! `VMTEST FAIL <name> <reason>`) and powers itself off; run-vm.sh kills it
 //! after a host-side timeout. Host prerequisites: `tests/vm/install-vm-deps.sh`.
@@ -306,4 +309,35 @@ fn drbd84_pair_refuses_a_second_primary_and_fails_over() {
             b.serial
         );
     }
+}
+
+/// nbd-http-server's `kernel` module against the guest kernel: netlink
+/// attach, xhad-style I/O, STATUS, a server restart handed over with
+/// RECONFIGURE while a read is pending, the backend-id check, DISCONNECT and
+/// the ioctl fallback (nbd-http-server/examples/kernel_attach.rs).
+#[test]
+fn kernel_module_attaches_reconnects_and_detaches_nbd_devices() {
+    let _serial = one_vm_test_at_a_time();
+    guest_io(); // builds the initramfs
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "nbd-http-server",
+            "--example",
+            "kernel_attach",
+        ])
+        .status()
+        .expect("run cargo build --example kernel_attach");
+    assert!(
+        status.success(),
+        "cargo build -p nbd-http-server --example kernel_attach failed"
+    );
+    let example = target_dir().join("release/examples/kernel_attach");
+    let run = VmRun::boot("kernel-attach.sh", &[example], &[]);
+    run.assert_pass("kernel-attach");
 }
