@@ -1,6 +1,6 @@
 //! The NBD client against NBD servers nobody here wrote (nbdkit, qemu-nbd),
-//! through the `xha-shim` binary. Skipped, with a note, where a server is
-//! not installed (scripts/install-deps.sh installs both).
+//! through the `xha-shim` binary. A missing server fails the test (it must
+//! not pass by skipping): `bash scripts/install-deps.sh` installs both.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -15,13 +15,18 @@ impl Drop for Server {
     }
 }
 
-fn have(tool: &str) -> bool {
-    Command::new(tool)
+fn require(tool: &str) {
+    let found = Command::new(tool)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "`{tool}` is not installed (or `{tool} --version` fails): run `bash scripts/install-deps.sh`; \
+         these tests need the real NBD servers and do not skip"
+    );
 }
 
 fn wait_for_socket(sock: &Path) {
@@ -80,10 +85,7 @@ fn exercise(uri: &str) {
 
 #[test]
 fn against_nbdkit_memory() {
-    if !have("nbdkit") {
-        eprintln!("SKIPPED: nbdkit is not installed");
-        return;
-    }
+    require("nbdkit");
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("nbdkit.sock");
     let _server = Server(
@@ -100,10 +102,7 @@ fn against_nbdkit_memory() {
 
 #[test]
 fn against_qemu_nbd_over_tcp() {
-    if !have("qemu-nbd") {
-        eprintln!("SKIPPED: qemu-nbd is not installed");
-        return;
-    }
+    require("qemu-nbd");
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk");
     std::fs::write(&disk, vec![0u8; 4 << 20]).unwrap();
