@@ -114,7 +114,7 @@ fn demo_survives_kills_of_the_serving_server() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(r["mode"], "failover");
     assert_eq!(r["servers"].as_array().unwrap().len(), 3);
-    assert!(r["kills"].as_array().unwrap().len() >= 1, "{r}");
+    assert!(!r["kills"].as_array().unwrap().is_empty(), "{r}");
     assert!(r["takeover_count"].as_u64().unwrap() >= 1, "{r}");
     assert_eq!(r["any_hurt"], false);
     let hosts = r["emulation"]["hosts"].as_array().unwrap();
