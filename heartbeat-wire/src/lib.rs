@@ -9,6 +9,7 @@
 
 pub mod nbd;
 pub mod range;
+pub mod sd_notify;
 pub mod status;
 
 pub use range::{ByteRange, ContentRange, RangeError};

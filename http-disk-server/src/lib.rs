@@ -112,6 +112,12 @@ pub struct Args {
     /// for the hint a standby gives (repeatable).
     #[arg(long, value_parser = arbiter::drbd::parse_peer_url)]
     pub peer_url: Vec<(String, String)>,
+    /// DRBD arbiter: derive `may_promote` when drbdsetup does not report it
+    /// (DRBD 8.4 kernels): not Primary, no peer Primary, UpToDate data
+    /// reachable. For tests and two-node 8.4 setups only: without DRBD 9
+    /// quorum a partitioned pair may both promote (split brain).
+    #[arg(long)]
+    pub drbd_derive_may_promote: bool,
 }
 
 impl Args {
@@ -151,6 +157,7 @@ pub fn make_arbiter(args: &Args, probe: &DiskProbe) -> anyhow::Result<Box<dyn Ar
                 // The server drains for one I/O deadline; allow for that twice.
                 release_timeout: Duration::from_millis(args.io_deadline_ms.max(1)) * 2
                     + Duration::from_secs(1),
+                derive_may_promote: args.drbd_derive_may_promote,
             },
         )),
     })

@@ -1,5 +1,6 @@
-//! Liveness: the systemd notify protocol (by hand; it is one datagram) and a
-//! freeze detector.
+//! Liveness: the systemd notify protocol (re-exported from
+//! `heartbeat_wire::sd_notify`, shared with nbd-http-server) and a freeze
+//! detector.
 //!
 //! The watchdog ping is sent only while the runtime runs (the ping is a task
 //! on it) and the disk path is healthy (no disk operation is past its
@@ -12,48 +13,11 @@
 //! [`FreezeDetector::stalled`] themselves, because after a resume they may
 //! run before the ticker does.
 
-use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Send one notify message (`READY=1`, `WATCHDOG=1`, `STATUS=...`) to
-/// `$NOTIFY_SOCKET`, if set. Errors are ignored: not being supervised is fine.
-pub fn sd_notify(msg: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(sock) = UnixDatagram::unbound() else {
-        return;
-    };
-    let bytes = path.as_encoded_bytes();
-    let addr = if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        SocketAddr::from_abstract_name(name)
-    } else {
-        SocketAddr::from_pathname(std::path::Path::new(&path))
-    };
-    if let Ok(addr) = addr {
-        let _ = sock.send_to_addr(msg.as_bytes(), &addr);
-    }
-}
-
-pub fn notify_status(status: &str) {
-    if std::env::var_os("NOTIFY_SOCKET").is_some() {
-        sd_notify(&format!("STATUS={}", status.replace('\n', " ")));
-    }
-}
-
-/// The watchdog interval systemd asked for, if it asked us (not a parent).
-pub fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
-        if pid.parse::<u32>().ok()? != std::process::id() {
-            return None;
-        }
-    }
-    (usec > 0).then(|| Duration::from_micros(usec))
-}
+pub use heartbeat_wire::sd_notify::{notify_status, sd_notify, watchdog_interval};
 
 /// Disk operations that overran their deadline and have not returned.
 #[derive(Default)]
@@ -125,29 +89,5 @@ mod tests {
         assert!(s >= Duration::from_millis(100));
         assert_eq!(f.stalled(), None, "the same stall is reported once");
         assert_eq!(f.on_tick(), None);
-    }
-
-    #[test]
-    fn abstract_and_path_sockets_receive_notifications() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify.sock");
-        let rx = UnixDatagram::bind(&path).unwrap();
-        // The env var is process-wide; this is the only test that sets it.
-        std::env::set_var("NOTIFY_SOCKET", &path);
-        sd_notify("READY=1");
-        let mut buf = [0u8; 64];
-        let n = rx.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"READY=1");
-
-        use std::os::linux::net::SocketAddrExt;
-        let name = format!("http-disk-server-test-{}", std::process::id());
-        let arx =
-            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
-                .unwrap();
-        std::env::set_var("NOTIFY_SOCKET", format!("@{name}"));
-        sd_notify("WATCHDOG=1");
-        let n = arx.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"WATCHDOG=1");
-        std::env::remove_var("NOTIFY_SOCKET");
     }
 }

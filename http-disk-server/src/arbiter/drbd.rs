@@ -83,6 +83,10 @@ pub struct DrbdConfig {
     /// How long to wait for the HTTP layer to close its descriptors after a
     /// `Standby` grant before demoting anyway.
     pub release_timeout: Duration,
+    /// Derive a missing `may_promote` (DRBD 8.4 reports none); see
+    /// [`ModelOptions::derive_may_promote`]. Not split-brain safe: 8.4 has
+    /// no quorum, so two partitioned nodes may both see "may promote".
+    pub derive_may_promote: bool,
 }
 
 impl Default for DrbdConfig {
@@ -95,6 +99,7 @@ impl Default for DrbdConfig {
             sleep_factor: PromoterConfig::default().sleep_factor,
             peer_urls: BTreeMap::new(),
             release_timeout: Duration::from_secs(5),
+            derive_may_promote: false,
         }
     }
 }
@@ -346,7 +351,13 @@ impl Driver {
             Instant::now(),
             unix_ms(),
         );
-        let model = ResourceModel::new(resource.clone(), ModelOptions::default());
+        let model = ResourceModel::new(
+            resource.clone(),
+            ModelOptions {
+                derive_may_promote: config.derive_may_promote,
+                ..ModelOptions::default()
+            },
+        );
         Driver {
             config,
             device,
