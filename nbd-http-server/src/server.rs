@@ -36,12 +36,46 @@ struct Reply {
 /// Serve one client connection until it disconnects or `shutdown` flips to
 /// true; in-flight requests are always finished and answered first.
 pub async fn serve_connection<R, W, U>(
+    reader: R,
+    writer: W,
+    config: Arc<ServeConfig>,
+    upstream: Arc<U>,
+    shutdown: watch::Receiver<bool>,
+    peer: String,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+    U: Upstream,
+{
+    serve(reader, writer, config, upstream, shutdown, peer, false).await
+}
+
+/// [`serve_connection`] for the kernel's NBD client (`crate::kernel`): no
+/// handshake, transmission requests from the first byte, simple replies.
+/// Returns after NBD_CMD_DISC, EOF or `shutdown`, having closed its end.
+pub async fn serve_transmission_only<R, W, U>(
+    reader: R,
+    writer: W,
+    config: Arc<ServeConfig>,
+    upstream: Arc<U>,
+    shutdown: watch::Receiver<bool>,
+    peer: String,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+    U: Upstream,
+{
+    serve(reader, writer, config, upstream, shutdown, peer, true).await
+}
+
+async fn serve<R, W, U>(
     mut reader: R,
     writer: W,
     config: Arc<ServeConfig>,
     upstream: Arc<U>,
     mut shutdown: watch::Receiver<bool>,
     peer: String,
+    skip_handshake: bool,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -54,6 +88,9 @@ pub async fn serve_connection<R, W, U>(
     // Handshake.
     let mut hs = Handshake::new(config.export.clone());
     let leftover = loop {
+        if skip_handshake {
+            break Vec::new();
+        }
         let out = hs.take_output();
         if !out.is_empty()
             && (writer.write_all(&out).await.is_err() || writer.flush().await.is_err())
