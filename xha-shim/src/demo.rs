@@ -784,13 +784,32 @@ impl DemoReport {
             );
         }
         let t = &self.emulation.timeouts;
+        let longest_call = self
+            .emulation
+            .hosts
+            .iter()
+            .map(|h| h.write_latency.max_ms.max(h.read_latency.max_ms))
+            .fold(0.0, f64::max);
         let _ = writeln!(
             out,
-            "takeovers: {}; longest stall: {}{} (StateFileTimeout T2 {}, watchdog Ws {})",
+            "takeovers: {}; longest stall (gap between successful cycles): {}{}, \
+             where a healthy gap is one interval ({} ms{}); longest single call {:.1} ms; \
+             StateFileTimeout T2 {}, watchdog Ws {}",
             self.takeover_count,
             s(self.longest_stall_ms),
             self.longest_stall_host
                 .map_or(String::new(), |h| format!(" on host {h}")),
+            if self.emulation.accelerated {
+                crate::timeouts::ACCELERATED_INTERVAL.as_millis()
+            } else {
+                t.statefile_interval.as_millis()
+            },
+            if self.emulation.accelerated {
+                ""
+            } else {
+                " +- jitter"
+            },
+            longest_call,
             s(t.statefile_timeout.as_millis() as u64),
             s(t.statefile_watchdog_timeout.as_millis() as u64),
         );
