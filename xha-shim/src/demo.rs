@@ -826,3 +826,114 @@ impl DemoReport {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulator::{ErrorCounts, LatencySummary};
+    use crate::statefile::HostBitmap;
+
+    fn host(index: usize, verdict: Verdict, events: Vec<HostEvent>) -> HostReport {
+        HostReport {
+            index,
+            uuid: emulated_host_uuid(index),
+            target: "t".into(),
+            cycles: 10,
+            successful_cycles: 10,
+            last_sequence: 9,
+            write_latency: LatencySummary::of(&[]),
+            read_latency: LatencySummary::of(&[]),
+            longest_gap_ms: 1000 * (index as u64 + 1),
+            errors: ErrorCounts::default(),
+            stuck_in_io_ms: None,
+            sf_access_at_end: !verdict.is_hurt(),
+            sfdomain_at_end: HostBitmap::default(),
+            events,
+            verdict,
+        }
+    }
+
+    fn cfg() -> DemoConfig {
+        DemoConfig {
+            hosts: 3,
+            duration: Duration::from_secs(60),
+            kill_every: Duration::from_secs(20),
+            restart_after: Duration::from_secs(3),
+            failover: false,
+            outage: Duration::from_secs(65),
+            timeouts: Timeouts::derive(60),
+            accelerated: false,
+            jitter: Duration::from_millis(500),
+            binaries: DaemonBinaries {
+                http_disk_server: "/x".into(),
+                nbd_http_server: "/y".into(),
+            },
+            keep_dir: false,
+            output: Output::Quiet,
+        }
+    }
+
+    #[test]
+    fn the_verdict_names_fenced_and_cut_off_hosts() {
+        let hosts = vec![
+            host(0, Verdict::Ok, vec![]),
+            host(
+                1,
+                Verdict::WouldFence,
+                vec![HostEvent::WatchdogExpired {
+                    at_ms: 95_000,
+                    cycle_started_ms: 20_000,
+                }],
+            ),
+            host(
+                2,
+                Verdict::SfAccessLost,
+                vec![HostEvent::SfAccessLost {
+                    at_ms: 80_000,
+                    reason: "own sequence not seen changing".into(),
+                }],
+            ),
+        ];
+        let emulation = EmulationReport {
+            duration_ms: 100_000,
+            timeouts: Timeouts::derive(60),
+            accelerated: false,
+            hosts,
+            any_hurt: true,
+        };
+        let cfg = cfg();
+        let mut run = Run::new(&cfg, Vec::new());
+        run.takeovers.push(TakeoverRecord {
+            at_ms: 90_000,
+            url: "http://a:1".into(),
+            epoch: 2,
+            after_kill_ms: Some(85_000),
+            same_server: true,
+        });
+        let r = run.report(emulation, vec!["http://a:1".into()], false, None);
+        assert_eq!(r.takeover_count, 0, "a restart is not a takeover");
+        assert!(r.verdict.contains("FENCED host(s) 1"), "{}", r.verdict);
+        assert!(
+            r.verdict
+                .contains("host(s) 2 would have LOST THE STATEFILE"),
+            "{}",
+            r.verdict
+        );
+        assert_eq!(r.longest_stall_host, Some(2));
+        assert_eq!(r.hurt.len(), 2);
+        assert!(
+            r.hurt[0].what.contains("watchdog at 95.0 s"),
+            "{:?}",
+            r.hurt
+        );
+        let text = r.to_text();
+        assert!(
+            text.contains("served again by the restarted server"),
+            "{text}"
+        );
+        assert!(
+            text.contains("host 2: lost statefile access at 80.0 s"),
+            "{text}"
+        );
+    }
+}
