@@ -1,14 +1,16 @@
 //! The tokio layer around the handshake and transmission state machines: one
-//! task per connection reading requests, one task per request calling the
-//! upstream, and one writer task per connection serialising replies (which go
-//! out in completion order, as NBD allows).
+//! task per connection reads requests and writes replies (in completion
+//! order, as NBD allows). A lone request is served on that task; requests
+//! that overlap in time get a task each.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use heartbeat_wire::nbd::{self, SimpleReplyHeader};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -32,6 +34,9 @@ struct Reply {
     error: u32,
     data: Vec<u8>,
 }
+
+/// One request being served; resolves to its reply.
+type PendingReply = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
 /// Serve one client connection until it disconnects or `shutdown` flips to
 /// true; in-flight requests are always finished and answered first.
@@ -135,43 +140,36 @@ async fn serve<R, W, U>(
     };
     debug!(volume = %volume, %peer, "client entered transmission");
 
-    // Transmission.
+    // Transmission. One request in flight (the statefile's pattern, and
+    // every qd1 client's) is awaited right here on the connection task, so a
+    // request costs no spawn and no channel hop. When a second request
+    // arrives while one is pending, both move to tasks of their own (a boxed
+    // future can move even after it was polled) and report back through the
+    // channel, so requests still run concurrently.
     let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
-    let writer_task = tokio::spawn(async move {
-        while let Some(reply) = rx.recv().await {
-            if write_reply(&mut writer, &reply).await.is_err() {
-                return;
-            }
-            while let Ok(reply) = rx.try_recv() {
-                if write_reply(&mut writer, &reply).await.is_err() {
-                    return;
-                }
-            }
-            if writer.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = writer.shutdown().await;
-    });
-
-    let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
+    let mut inline: Option<PendingReply> = None;
+    let mut spawned = 0usize;
+    let mut reading = true;
     let mut parser = RequestParser::new(config.limits);
     parser.feed(&leftover);
-    'read: loop {
-        loop {
+    'conn: loop {
+        let mut dirty = false;
+        while reading && spawned + usize::from(inline.is_some()) < config.max_in_flight {
             let command = match parser.next_command() {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(violation) => {
                     warn!(volume = %volume, %peer, "dropping NBD client: {violation}");
-                    break 'read;
+                    reading = false;
+                    break;
                 }
             };
             let deadline = Instant::now() + config.request_deadline;
-            match command {
+            let pending: PendingReply = match command {
                 Command::Disconnect => {
                     debug!(volume = %volume, %peer, "client sent NBD_CMD_DISC");
-                    break 'read;
+                    reading = false;
+                    break;
                 }
                 Command::Reject {
                     handle,
@@ -179,35 +177,40 @@ async fn serve<R, W, U>(
                     reason,
                 } => {
                     info!(volume = %volume, %peer, "rejected request with {}: {reason}", nbd::error_name(error));
-                    let _ = tx.send(Reply {
+                    let reply = Reply {
                         handle,
                         error,
                         data: Vec::new(),
-                    });
+                    };
+                    if write_reply(&mut writer, &reply).await.is_err() {
+                        break 'conn;
+                    }
+                    dirty = true;
+                    continue;
                 }
                 Command::Flush { handle } => {
                     // Every write is durable when acknowledged and nothing is
                     // cached here, so the writes this flush must cover (those
                     // already answered) are on stable storage now.
-                    let _ = tx.send(Reply {
+                    let reply = Reply {
                         handle,
                         error: 0,
                         data: Vec::new(),
-                    });
+                    };
+                    if write_reply(&mut writer, &reply).await.is_err() {
+                        break 'conn;
+                    }
+                    dirty = true;
+                    continue;
                 }
                 Command::Read {
                     handle,
                     offset,
                     length,
                 } => {
-                    let permit = in_flight
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("never closed");
-                    let (tx, upstream, volume) = (tx.clone(), upstream.clone(), volume.clone());
-                    tokio::spawn(async move {
-                        let reply = match upstream.read_at(offset, length, deadline).await {
+                    let (upstream, volume) = (upstream.clone(), volume.clone());
+                    Box::pin(async move {
+                        match upstream.read_at(offset, length, deadline).await {
                             Ok(data) => Reply {
                                 handle,
                                 error: 0,
@@ -221,10 +224,8 @@ async fn serve<R, W, U>(
                                     data: Vec::new(),
                                 }
                             }
-                        };
-                        let _ = tx.send(reply);
-                        drop(permit);
-                    });
+                        }
+                    })
                 }
                 Command::Write {
                     handle,
@@ -232,13 +233,8 @@ async fn serve<R, W, U>(
                     data,
                     ..
                 } => {
-                    let permit = in_flight
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("never closed");
-                    let (tx, upstream, volume) = (tx.clone(), upstream.clone(), volume.clone());
-                    tokio::spawn(async move {
+                    let (upstream, volume) = (upstream.clone(), volume.clone());
+                    Box::pin(async move {
                         let error = match upstream.write_at(offset, &data, deadline).await {
                             Ok(()) => 0,
                             Err(e) => {
@@ -246,35 +242,77 @@ async fn serve<R, W, U>(
                                 e.nbd_error()
                             }
                         };
-                        let _ = tx.send(Reply {
+                        Reply {
                             handle,
                             error,
                             data: Vec::new(),
-                        });
-                        drop(permit);
+                        }
+                    })
+                }
+            };
+            if inline.is_none() && spawned == 0 {
+                inline = Some(pending);
+            } else {
+                for p in inline.take().into_iter().chain(Some(pending)) {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(p.await);
                     });
+                    spawned += 1;
                 }
             }
         }
-        let n = tokio::select! {
-            r = reader.read(&mut buf) => match r {
-                Ok(0) => break 'read,
+        if dirty && writer.flush().await.is_err() {
+            break 'conn;
+        }
+        if !reading && inline.is_none() && spawned == 0 {
+            break;
+        }
+        let can_read = reading && spawned + usize::from(inline.is_some()) < config.max_in_flight;
+        tokio::select! {
+            r = reader.read(&mut buf), if can_read => match r {
+                Ok(0) => reading = false,
                 Err(e) => {
                     debug!(volume = %volume, %peer, "read from client failed: {e}");
-                    break 'read;
+                    reading = false;
                 }
-                Ok(n) => n,
+                Ok(n) => parser.feed(&buf[..n]),
             },
-            _ = shutdown.changed() => {
-                debug!(volume = %volume, %peer, "shutting down: finishing requests in flight");
-                break 'read;
+            reply = async {
+                match inline.as_mut() {
+                    Some(p) => p.await,
+                    None => std::future::pending().await,
+                }
+            }, if inline.is_some() => {
+                inline = None;
+                if write_reply(&mut writer, &reply).await.is_err()
+                    || writer.flush().await.is_err()
+                {
+                    break 'conn;
+                }
             }
-        };
-        parser.feed(&buf[..n]);
+            Some(reply) = rx.recv(), if spawned > 0 => {
+                spawned -= 1;
+                if write_reply(&mut writer, &reply).await.is_err() {
+                    break 'conn;
+                }
+                while let Ok(reply) = rx.try_recv() {
+                    spawned -= 1;
+                    if write_reply(&mut writer, &reply).await.is_err() {
+                        break 'conn;
+                    }
+                }
+                if writer.flush().await.is_err() {
+                    break 'conn;
+                }
+            }
+            _ = shutdown.changed(), if reading => {
+                debug!(volume = %volume, %peer, "shutting down: finishing requests in flight");
+                reading = false;
+            }
+        }
     }
-    // Writer ends once every in-flight request has answered.
-    drop(tx);
-    let _ = writer_task.await;
+    let _ = writer.shutdown().await;
     debug!(volume = %volume, %peer, "connection closed");
 }
 
