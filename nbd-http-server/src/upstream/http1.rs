@@ -225,17 +225,8 @@ impl Connection {
             self.buf.clear();
             self.pos = 0;
         }
-        let old = self.buf.len();
-        self.buf.resize(old + 16 * 1024, 0);
-        let n = match self.stream.read(&mut self.buf[old..]).await {
-            Ok(n) => n,
-            Err(e) => {
-                self.buf.truncate(old);
-                return Err(e.into());
-            }
-        };
-        self.buf.truncate(old + n);
-        Ok(n)
+        // Read into spare capacity: no zero-filling of 16 KiB per read.
+        Ok(read_spare(&mut self.stream, &mut self.buf, 16 * 1024).await?)
     }
 
     async fn read_response(&mut self, head_request: bool) -> Result<Response, HttpError> {
@@ -295,17 +286,13 @@ impl Connection {
         let buffered = (self.buf.len() - self.pos).min(len);
         body.extend_from_slice(&self.buf[self.pos..self.pos + buffered]);
         self.pos += buffered;
-        if body.len() < len {
-            let start = body.len();
-            body.resize(len, 0);
-            match self.stream.read_exact(&mut body[start..]).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return Err(HttpError::Protocol(format!(
-                        "body ended early: Content-Length {len}, connection closed"
-                    )));
-                }
-                Err(e) => return Err(e.into()),
+        // The rest straight into the body, without zero-filling it first.
+        while body.len() < len {
+            let want = len - body.len();
+            if read_spare(&mut self.stream, &mut body, want).await? == 0 {
+                return Err(HttpError::Protocol(format!(
+                    "body ended early: Content-Length {len}, connection closed"
+                )));
             }
         }
         Ok(body)
@@ -347,6 +334,24 @@ impl Connection {
             }
         }
     }
+}
+
+/// Read at most `max` bytes into the spare capacity of `v` (which must have
+/// room for them) and append them; 0 at end of stream.
+async fn read_spare(stream: &mut TcpStream, v: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    use std::pin::Pin;
+    use tokio::io::{AsyncRead, ReadBuf};
+    v.reserve(max);
+    let len = v.len();
+    let n = {
+        let mut rb = ReadBuf::uninit(&mut v.spare_capacity_mut()[..max]);
+        std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, &mut rb)).await?;
+        rb.filled().len()
+    };
+    // SAFETY: `poll_read` initialised the first `n` bytes of the spare
+    // capacity (what `ReadBuf::filled` reports).
+    unsafe { v.set_len(len + n) };
+    Ok(n)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
