@@ -25,12 +25,17 @@ enum Behaviour {
     Status(u16),
     /// Serve HEAD, but answer reads with half the bytes.
     ShortBody,
+    /// Serve like `Serve(None)`, but close a keep-alive connection that
+    /// stays idle this long (hyper's `header_read_timeout` does this).
+    ServeClosingIdle(Duration),
 }
 
 struct TestServer {
     url: String,
     disk: Arc<Mutex<Vec<u8>>>,
     requests: Arc<AtomicUsize>,
+    /// Connections accepted.
+    connections: Arc<AtomicUsize>,
     behaviour: Arc<Mutex<Behaviour>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -47,13 +52,20 @@ impl TestServer {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let disk = Arc::new(Mutex::new(vec![0u8; 1 << 16]));
         let requests = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
         let behaviour = Arc::new(Mutex::new(behaviour));
-        let (d, r, b) = (disk.clone(), requests.clone(), behaviour.clone());
+        let (d, r, b, c) = (
+            disk.clone(),
+            requests.clone(),
+            behaviour.clone(),
+            connections.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((s, _)) = listener.accept().await else {
                     return;
                 };
+                c.fetch_add(1, Ordering::SeqCst);
                 let (d, r, b) = (d.clone(), r.clone(), b.clone());
                 tokio::spawn(async move {
                     let _ = handle(s, d, r, b).await;
@@ -64,6 +76,7 @@ impl TestServer {
             url,
             disk,
             requests,
+            connections,
             behaviour,
             task,
         }
@@ -88,7 +101,17 @@ async fn handle(
                 break i + 4;
             }
             let mut chunk = [0u8; 4096];
-            let n = s.read(&mut chunk).await?;
+            let idle_close = match *behaviour.lock().unwrap() {
+                Behaviour::ServeClosingIdle(d) if buf.is_empty() => Some(d),
+                _ => None,
+            };
+            let n = match idle_close {
+                Some(d) => match tokio::time::timeout(d, s.read(&mut chunk)).await {
+                    Ok(r) => r?,
+                    Err(_) => return Ok(()), // idle too long: close
+                },
+                None => s.read(&mut chunk).await?,
+            };
             if n == 0 {
                 return Ok(());
             }
@@ -132,7 +155,10 @@ async fn handle(
                 Vec::new(),
             ),
             Behaviour::Status(code) if method != "HEAD" => (code, String::new(), b"nope".to_vec()),
-            Behaviour::Serve(_) | Behaviour::Status(_) | Behaviour::ShortBody => {
+            Behaviour::Serve(_)
+            | Behaviour::Status(_)
+            | Behaviour::ShortBody
+            | Behaviour::ServeClosingIdle(_) => {
                 let epoch = match b {
                     Behaviour::Serve(Some(e)) => format!("x-heartbeat-epoch: {e}\r\n"),
                     _ => String::new(),
@@ -387,4 +413,34 @@ async fn concurrent_failures_share_probe_rounds() {
     // 16 PUTs plus at most a couple of probe HEADs, not one round per request.
     let b_requests = b.requests.load(Ordering::SeqCst) - b_before;
     assert!(b_requests <= 16 + 3, "{b_requests} requests reached b");
+}
+
+/// http-disk-server's hyper closes a keep-alive connection that sat idle
+/// past its `header_read_timeout` (10 s). The next request finds the pooled
+/// connection dead before any response byte: it must be re-sent at once on a
+/// fresh connection to the same server, with no probe round (no `HEAD`), no
+/// back-off and no error.
+#[tokio::test]
+async fn pooled_connection_closed_while_idle_is_retried_on_a_fresh_one() {
+    let a = TestServer::start(Behaviour::ServeClosingIdle(Duration::from_millis(50))).await;
+    let up = upstream(vec![a.url.clone()]);
+    up.write_at(512, b"first", soon(5)).await.unwrap();
+    // The probe's connection and the pooled one.
+    assert_eq!(a.connections.load(Ordering::SeqCst), 2);
+    let before = a.requests.load(Ordering::SeqCst);
+    for (i, what) in [b"again".as_slice(), b"third".as_slice()]
+        .iter()
+        .enumerate()
+    {
+        // Let the server close the idle pooled connection.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let offset = 1024 * (i as u64 + 1);
+        up.write_at(offset, what, soon(5)).await.unwrap();
+        assert_eq!(&up.read_at(offset, 5, soon(5)).await.unwrap(), what);
+    }
+    // Two writes and two reads, no HEAD: no probe round ran.
+    assert_eq!(a.requests.load(Ordering::SeqCst) - before, 4);
+    // Each pause cost exactly one fresh connection.
+    assert_eq!(a.connections.load(Ordering::SeqCst), 4);
+    assert_eq!(up.current_url().as_deref(), Some(a.url.as_str()));
 }
