@@ -1,19 +1,24 @@
-//! Command line, listeners, readiness line and signal handling.
+//! Command line, listeners, the kernel device, readiness lines and signal
+//! handling.
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use heartbeat_wire::nbd;
+use heartbeat_wire::sd_notify::{notify_status, sd_notify, watchdog_interval};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::attach::{self, KernelDevice};
 use crate::handshake::{BlockSize, ExportInfo};
+use crate::kernel::DeviceConfig;
 use crate::server::{serve_connection, ServeConfig};
 use crate::transmission::Limits;
 use crate::upstream::{FailoverDeadline, HttpUpstream, HttpUpstreamConfig};
@@ -66,9 +71,47 @@ pub struct Cli {
     #[arg(long, default_value_t = 500)]
     pub request_timeout_ms: u64,
 
+    /// Attach the kernel device /dev/nbdN: `auto` attaches when the kernel
+    /// has an NBD driver and otherwise serves the sockets only, with a
+    /// warning; `required` makes a missing driver fatal (the systemd unit);
+    /// `never` is --no-attach.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub attach: AttachMode,
+
+    /// Do not attach /dev/nbdN; serve the sockets only (tests, hosts
+    /// without the nbd module). Same as --attach never.
+    #[arg(long)]
+    pub no_attach: bool,
+
+    /// Directory of the stable device name: DIR/<nbd-name> -> /dev/nbdN.
+    #[arg(long, default_value = attach::DEFAULT_LINK_DIR)]
+    pub device_link_dir: PathBuf,
+
+    /// Do not create the DIR/<nbd-name> link.
+    #[arg(long)]
+    pub no_device_link: bool,
+
+    /// Kernel request timeout in seconds, a backstop for a wedged daemon
+    /// (the kernel then drops the connection and this daemon reconnects).
+    /// Default: the request deadline + 2 s, so the daemon's EIO comes first.
+    #[arg(long)]
+    pub kernel_timeout_secs: Option<u64>,
+
+    /// How long the kernel holds I/O for a restarted daemon to reconnect
+    /// before failing it with EIO, in seconds.
+    #[arg(long, default_value_t = attach::DEFAULT_DEAD_CONN_TIMEOUT.as_secs())]
+    pub dead_conn_timeout_secs: u64,
+
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    Auto,
+    Required,
+    Never,
 }
 
 pub fn init_logging(verbose: u8) {
@@ -101,8 +144,30 @@ impl Listener {
 
 pub async fn run(cli: Cli) -> Result<()> {
     let volume = cli.nbd_name.clone();
-    if cli.socket_path.is_none() && cli.listen.is_empty() {
-        bail!("volume {volume}: nothing to listen on; pass --socket-path PATH and/or --listen tcp:ADDR:PORT");
+    let attach_mode = if cli.no_attach {
+        AttachMode::Never
+    } else {
+        cli.attach
+    };
+    // Decided before anything else, so a misconfigured host fails at once.
+    let attach_kernel = match attach_mode {
+        AttachMode::Never => false,
+        AttachMode::Required => {
+            if !attach::kernel_has_nbd() {
+                bail!("volume {volume}: this kernel has no NBD driver (no nbd netlink family, no /dev/nbd0): run `modprobe nbd`, or pass --no-attach to serve the socket only");
+            }
+            true
+        }
+        AttachMode::Auto => {
+            let has = attach::kernel_has_nbd();
+            if !has {
+                warn!(volume = %volume, "this kernel has no NBD driver (no nbd netlink family, no /dev/nbd0): NOT attaching /dev/nbdN, serving the socket only; `modprobe nbd` and restart to get the device (--attach required makes this fatal, --no-attach silences it)");
+            }
+            has
+        }
+    };
+    if !attach_kernel && cli.socket_path.is_none() && cli.listen.is_empty() {
+        bail!("volume {volume}: nothing to serve; pass --socket-path PATH and/or --listen tcp:ADDR:PORT, or let it attach /dev/nbdN");
     }
     let deadline = match cli.request_deadline_ms {
         Some(ms) => Duration::from_millis(ms),
@@ -192,15 +257,62 @@ pub async fn run(cli: Cli) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let names: Vec<String> = listeners.iter().map(Listener::describe).collect();
-    {
+    if !names.is_empty() {
         let mut out = std::io::stdout().lock();
         writeln!(out, "NBD server ready on {}", names.join(", "))?;
         out.flush()?;
+        info!(volume = %volume, size, listeners = %names.join(", "), "NBD server ready");
     }
-    info!(volume = %volume, size, listeners = %names.join(", "), "NBD server ready");
-    warn!(volume = %volume, "the kernel device /dev/nbdN is NOT attached by this build; connect an NBD client to the socket (kernel attach comes with a later release)");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let healthy = Arc::new(AtomicBool::new(true));
+    let mut device = None;
+    if attach_kernel {
+        // Writes are durable when acknowledged (http-disk-server syncs before
+        // answering) and nothing is cached here, so the kernel gets neither
+        // FLUSH nor FUA: xhad's O_SYNC then costs no extra round trip.
+        let mut dev_cfg = DeviceConfig::new(size, attach::backend_id(&volume), nbd::FLAG_HAS_FLAGS);
+        dev_cfg.request_timeout = match cli.kernel_timeout_secs {
+            Some(s) => Duration::from_secs(s.max(1)),
+            None => attach::kernel_request_timeout(deadline),
+        };
+        dev_cfg.dead_conn_timeout = Duration::from_secs(cli.dead_conn_timeout_secs.max(1));
+        let link_dir = (!cli.no_device_link).then_some(cli.device_link_dir.as_path());
+        let dev = KernelDevice::start(
+            dev_cfg,
+            config.clone(),
+            upstream.clone(),
+            shutdown_rx.clone(),
+            link_dir,
+        )
+        .await?;
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "NBD `{}` is now attached.", dev.path().display())?;
+            out.flush()?;
+        }
+        info!(volume = %volume, device = %dev.path().display(), link = ?dev.link(), "device ready");
+        device = Some(dev);
+    }
+    sd_notify("READY=1");
+    notify_status(&match &device {
+        Some(d) => format!("serving {}", d.path().display()),
+        None => format!("serving {}", names.join(", ")),
+    });
+    if let Some(interval) = watchdog_interval() {
+        let healthy = healthy.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval / 2);
+            loop {
+                tick.tick().await;
+                // Skipped while the kernel connection is being replaced, so
+                // a daemon stuck there gets restarted.
+                if healthy.load(Ordering::Relaxed) {
+                    sd_notify("WATCHDOG=1");
+                }
+            }
+        });
+    }
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let mut accept_tasks = Vec::new();
     for listener in listeners {
@@ -216,12 +328,30 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
     drop(done_tx);
 
+    let supervise = async {
+        match device.as_mut() {
+            Some(d) => {
+                d.supervise(upstream.clone(), shutdown_rx.clone(), healthy.clone())
+                    .await
+            }
+            None => std::future::pending().await,
+        }
+    };
     let signal = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+        r = supervise => {
+            // The device is lost; the kernel keeps it for a restarted daemon.
+            let _ = shutdown_tx.send(true);
+            return r.and_then(|()| bail!("volume {volume}: the kernel device stopped being served"));
+        }
     };
     info!(volume = %volume, "{signal}: no new connections; finishing requests in flight");
+    sd_notify("STOPPING=1");
     let _ = shutdown_tx.send(true);
+    if let Some(dev) = device.take() {
+        dev.detach(deadline + Duration::from_secs(2)).await?;
+    }
     for t in accept_tasks {
         let _ = t.await;
     }

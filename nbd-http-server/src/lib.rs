@@ -6,8 +6,12 @@
 //! * [`upstream`]: the [`upstream::Upstream`] trait and its HTTP
 //!   implementation with failover;
 //! * [`server`]: the tokio glue between the two;
+//! * [`kernel`]: attaching `/dev/nbdN` (generic netlink, ioctl fallback);
+//! * [`attach`]: the daemon's kernel device: attach or reconnect, keep it
+//!   connected, the `/dev/http-nbd/<volume>` link, detach;
 //! * [`daemon`]: command line, listeners, readiness line, signals.
 
+pub mod attach;
 pub mod daemon;
 pub mod handshake;
 pub mod kernel;
