@@ -234,6 +234,10 @@ impl LocalCluster {
             urls.join(","),
             "--device-size".into(),
             STATEFILE_VOLUME_BYTES.to_string(),
+            // The emulated hosts speak NBD over the socket; several
+            // /dev/nbdN (and one /dev/http-nbd/statefile link for all) on
+            // the machine running the demo would only get in the way.
+            "--no-attach".into(),
         ];
         let log = self.dir.join(format!("nbd-http-server-{host}.log"));
         let mut d =
