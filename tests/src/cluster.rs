@@ -17,7 +17,9 @@ use crate::{start_disk_server, Daemon, DiskServerConfig, Profile};
 /// unreachable server answers `Err`).
 pub fn fetch_status(url: &str) -> Result<ServerStatus> {
     let authority = url.trim_start_matches("http://").trim_end_matches('/');
-    let addr: SocketAddr = authority.parse().with_context(|| format!("bad URL {url}"))?;
+    let addr: SocketAddr = authority
+        .parse()
+        .with_context(|| format!("bad URL {url}"))?;
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(300))?;
     stream.set_read_timeout(Some(Duration::from_millis(500)))?;
     stream.set_write_timeout(Some(Duration::from_millis(500)))?;
@@ -47,7 +49,13 @@ pub struct DiskCluster {
 impl DiskCluster {
     /// Start `n` servers with the `file` arbiter on `disk`. `extra` is added to
     /// every server's flags.
-    pub fn start(disk: &Path, n: usize, log_dir: &Path, profile: Profile, extra: &[String]) -> Result<Self> {
+    pub fn start(
+        disk: &Path,
+        n: usize,
+        log_dir: &Path,
+        profile: Profile,
+        extra: &[String],
+    ) -> Result<Self> {
         let mut cluster = Self {
             configs: Vec::new(),
             servers: Vec::new(),
@@ -150,7 +158,13 @@ pub struct HeartbeatClient {
 
 impl HeartbeatClient {
     /// Start a client writing `length` bytes at `offset` every `interval_ms`.
-    pub fn start(uri: &str, client_id: u32, offset: u64, interval_ms: u64, work_dir: &Path) -> Result<Self> {
+    pub fn start(
+        uri: &str,
+        client_id: u32,
+        offset: u64,
+        interval_ms: u64,
+        work_dir: &Path,
+    ) -> Result<Self> {
         let script = crate::workspace_root().join("tests/clients/nbd_heartbeat_client.py");
         let stop_file = work_dir.join(format!("client-{client_id}.stop"));
         let ready_file = work_dir.join(format!("client-{client_id}.ready"));
@@ -173,7 +187,11 @@ impl HeartbeatClient {
             .spawn()
             .context("start /usr/bin/python3 heartbeat client (python3-libnbd installed?)")?;
         let mut client = Self { child, stop_file };
-        if crate::poll_until(Duration::from_secs(10), || ready_file.exists().then_some(())).is_none() {
+        if crate::poll_until(Duration::from_secs(10), || {
+            ready_file.exists().then_some(())
+        })
+        .is_none()
+        {
             let _ = client.child.kill();
             let out = client.child.wait_with_output()?;
             bail!(

@@ -140,7 +140,8 @@ impl TempDisk {
     pub fn read(&self, offset: u64, len: usize) -> Vec<u8> {
         let file = std::fs::File::open(&self.path).expect("open disk file");
         let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset).expect("read disk file");
+        file.read_exact_at(&mut buf, offset)
+            .expect("read disk file");
         buf
     }
 
@@ -206,7 +207,10 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            );
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -231,11 +235,18 @@ impl Daemon {
     }
 
     /// Wait until a stdout line satisfies `pred`; returns that line.
-    pub fn wait_for_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Result<String> {
+    pub fn wait_for_line(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left.min(Duration::from_millis(100))) {
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
                 Ok(line) if pred(&line) => return Ok(line),
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -356,7 +367,8 @@ impl DiskServerConfig {
 pub fn start_disk_server(config: &DiskServerConfig, log_dir: &Path) -> Result<Daemon> {
     let bin = binary("http-disk-server", config.profile);
     let log = log_dir.join(format!("http-disk-server-{}.log", config.port));
-    let mut daemon = Daemon::spawn_with_env("http-disk-server", &bin, &config.args(), log, &config.env)?;
+    let mut daemon =
+        Daemon::spawn_with_env("http-disk-server", &bin, &config.args(), log, &config.env)?;
     daemon.wait_for_line(Duration::from_secs(20), |l| l == "Server ready!")?;
     Ok(daemon)
 }
@@ -411,12 +423,17 @@ pub fn start_nbd_server(config: &NbdServerConfig, log_dir: &Path) -> Result<Daem
     let bin = binary("nbd-http-server", config.profile);
     let log = log_dir.join(format!("nbd-http-server-{}.log", config.name));
     let mut daemon = Daemon::spawn("nbd-http-server", &bin, &config.args(), log)?;
-    daemon.wait_for_line(Duration::from_secs(20), |l| l.starts_with("NBD server ready on"))?;
+    daemon.wait_for_line(Duration::from_secs(20), |l| {
+        l.starts_with("NBD server ready on")
+    })?;
     Ok(daemon)
 }
 
 /// Run a command to completion with a timeout; returns (status, stdout, stderr).
-pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<(std::process::ExitStatus, String, String)> {
+pub fn run_with_timeout(
+    cmd: &mut Command,
+    timeout: Duration,
+) -> Result<(std::process::ExitStatus, String, String)> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -447,7 +464,11 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<(std::pr
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    Ok((status, out_thread.join().unwrap_or_default(), err_thread.join().unwrap_or_default()))
+    Ok((
+        status,
+        out_thread.join().unwrap_or_default(),
+        err_thread.join().unwrap_or_default(),
+    ))
 }
 
 /// Poll `f` until it returns `Some` or the timeout passes.

@@ -23,9 +23,21 @@ fn client_pattern(client_id: u32, seq: u64, len: usize) -> Vec<u8> {
 }
 
 fn assert_clean(report: &ClientReport, disk: &TempDisk, offset: u64) {
-    assert!(report.errors.is_empty(), "client saw errors: {:?}", report.errors);
-    assert!(report.mismatches.is_empty(), "client read back other data: {:?}", report.mismatches);
-    assert_eq!(report.final_ok, Some(true), "final read-back differs from the last acknowledged write");
+    assert!(
+        report.errors.is_empty(),
+        "client saw errors: {:?}",
+        report.errors
+    );
+    assert!(
+        report.mismatches.is_empty(),
+        "client read back other data: {:?}",
+        report.mismatches
+    );
+    assert_eq!(
+        report.final_ok,
+        Some(true),
+        "final read-back differs from the last acknowledged write"
+    );
     let seq = report.last_acked_seq.expect("client acknowledged writes");
     assert_eq!(
         disk.read(offset, 1024),
@@ -52,19 +64,32 @@ fn sigkill_of_the_serving_process_20_times_loses_nothing() {
         cluster.servers[serving].as_mut().unwrap().kill_now();
         let next = cluster
             .wait_for_serving(Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("round {round}: no takeover after SIGKILL of server {serving}: {e}"));
-        assert_ne!(next, serving, "round {round}: the killed server cannot serve");
+            .unwrap_or_else(|e| {
+                panic!("round {round}: no takeover after SIGKILL of server {serving}: {e}")
+            });
+        assert_ne!(
+            next, serving,
+            "round {round}: the killed server cannot serve"
+        );
         let epoch = cluster.roles()[next].unwrap().1;
         epochs.push(epoch);
         cluster.restart(serving).unwrap();
         // The restarted server must come back as a standby, not take the role.
-        assert_eq!(cluster.serving().unwrap(), next, "round {round}: restarted server took the role");
+        assert_eq!(
+            cluster.serving().unwrap(),
+            next,
+            "round {round}: restarted server took the role"
+        );
         serving = next;
     }
     std::thread::sleep(Duration::from_millis(300));
     let report = client.finish().unwrap();
     assert_clean(&report, &disk, CLIENT_OFFSET);
-    assert!(report.writes_acked >= 20, "too few writes acknowledged: {}", report.writes_acked);
+    assert!(
+        report.writes_acked >= 20,
+        "too few writes acknowledged: {}",
+        report.writes_acked
+    );
     assert!(
         epochs.windows(2).all(|w| w[1] > w[0]),
         "epoch must grow with every takeover: {epochs:?}"
@@ -99,15 +124,25 @@ fn sigstop_of_the_serving_process_is_ended_by_the_watchdog() {
     assert!(ready, "server did not send READY=1 to the service manager");
     assert!(pings > 0, "server sent no WATCHDOG=1 pings");
 
-    cluster.servers[serving].as_ref().unwrap().signal(Signal::SIGSTOP);
+    cluster.servers[serving]
+        .as_ref()
+        .unwrap()
+        .signal(Signal::SIGSTOP);
     let next = heartbeat_tests::poll_until(Duration::from_secs(15), || {
         cluster.serving().ok().filter(|&i| i != serving)
     })
     .expect("no other server took over after the watchdog ended the stopped one");
     let (_, _, fired) = supervisors[serving].snapshot();
-    assert!(fired.is_some(), "the watchdog never fired on the stopped server");
     assert!(
-        cluster.servers[serving].as_mut().unwrap().wait_exit(Duration::from_secs(5)).is_some(),
+        fired.is_some(),
+        "the watchdog never fired on the stopped server"
+    );
+    assert!(
+        cluster.servers[serving]
+            .as_mut()
+            .unwrap()
+            .wait_exit(Duration::from_secs(5))
+            .is_some(),
         "the stopped server is still alive after the watchdog kill"
     );
     std::thread::sleep(Duration::from_millis(500));

@@ -80,7 +80,8 @@ fn run_fio(uri: &str, point: Point, seconds: u64) -> Result<Measured> {
         bail!("fio failed for {point:?} on {uri}: {err}");
     }
     let json_start = out.find('{').context("fio printed no JSON")?;
-    let doc: serde_json::Value = serde_json::from_str(&out[json_start..]).context("parse fio JSON")?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&out[json_start..]).context("parse fio JSON")?;
     let job = &doc["jobs"][0][point.op.json_key()];
     let pct = |p: &str| job["clat_ns"]["percentile"][p].as_f64().unwrap_or(f64::NAN) / 1000.0;
     if job["total_ios"].as_u64().unwrap_or(0) == 0 {
@@ -107,7 +108,12 @@ fn start_nbdkit(disk: &Path, socket: &Path, force_fua: bool, log: &Path) -> Resu
     if force_fua {
         args.push("fuamode=force".into());
     }
-    let daemon = Daemon::spawn("nbdkit", Path::new("/usr/bin/nbdkit"), &args, log.to_path_buf())?;
+    let daemon = Daemon::spawn(
+        "nbdkit",
+        Path::new("/usr/bin/nbdkit"),
+        &args,
+        log.to_path_buf(),
+    )?;
     heartbeat_tests::poll_until(Duration::from_secs(10), || socket.exists().then_some(()))
         .context("nbdkit did not create its socket")?;
     Ok(daemon)
@@ -156,37 +162,82 @@ fn main() -> Result<()> {
     );
 
     let mut rows: Vec<(String, Measured, Measured, Option<Measured>, String)> = Vec::new();
-    let qd1 = |op, block| Point { op, block, iodepth: 1, clients: 1 };
+    let qd1 = |op, block| Point {
+        op,
+        block,
+        iodepth: 1,
+        clients: 1,
+    };
     for block in [512u64, 1024, 4096] {
         for op in [Op::Write, Op::Read] {
             let p = qd1(op, block);
             let ours = run_fio(&chain_uri, p, seconds)?;
             let plain = run_fio(&plain_uri, p, seconds)?;
-            let fua = (op == Op::Write).then(|| run_fio(&fua_uri, p, seconds)).transpose()?;
-            rows.push((format!("{} {} B qd1", op.json_key(), block), ours, plain, fua, "latency".into()));
+            let fua = (op == Op::Write)
+                .then(|| run_fio(&fua_uri, p, seconds))
+                .transpose()?;
+            rows.push((
+                format!("{} {} B qd1", op.json_key(), block),
+                ours,
+                plain,
+                fua,
+                "latency".into(),
+            ));
         }
     }
     for op in [Op::Write, Op::Read] {
-        let p = Point { op, block: 4096, iodepth: 8, clients: 1 };
+        let p = Point {
+            op,
+            block: 4096,
+            iodepth: 8,
+            clients: 1,
+        };
         let ours = run_fio(&chain_uri, p, seconds)?;
         let plain = run_fio(&plain_uri, p, seconds)?;
-        let fua = (op == Op::Write).then(|| run_fio(&fua_uri, p, seconds)).transpose()?;
-        rows.push((format!("{} 4096 B qd8", op.json_key()), ours, plain, fua, "iops".into()));
+        let fua = (op == Op::Write)
+            .then(|| run_fio(&fua_uri, p, seconds))
+            .transpose()?;
+        rows.push((
+            format!("{} 4096 B qd8", op.json_key()),
+            ours,
+            plain,
+            fua,
+            "iops".into(),
+        ));
     }
     for op in [Op::Write, Op::Read] {
-        let p = Point { op, block: 4096, iodepth: 1, clients: 3 };
+        let p = Point {
+            op,
+            block: 4096,
+            iodepth: 1,
+            clients: 3,
+        };
         let ours = run_fio(&chain_uri, p, seconds)?;
         let plain = run_fio(&plain_uri, p, seconds)?;
-        let fua = (op == Op::Write).then(|| run_fio(&fua_uri, p, seconds)).transpose()?;
-        rows.push((format!("{} 4096 B 3 clients qd1", op.json_key()), ours, plain, fua, "iops".into()));
+        let fua = (op == Op::Write)
+            .then(|| run_fio(&fua_uri, p, seconds))
+            .transpose()?;
+        rows.push((
+            format!("{} 4096 B 3 clients qd1", op.json_key()),
+            ours,
+            plain,
+            fua,
+            "iops".into(),
+        ));
     }
 
     print_report(&rows, seconds, markdown);
     Ok(())
 }
 
-fn print_report(rows: &[(String, Measured, Measured, Option<Measured>, String)], seconds: u64, markdown: bool) {
-    let fmt_opt = |m: &Option<Measured>, f: fn(&Measured) -> String| m.as_ref().map(f).unwrap_or_else(|| "-".into());
+fn print_report(
+    rows: &[(String, Measured, Measured, Option<Measured>, String)],
+    seconds: u64,
+    markdown: bool,
+) {
+    let fmt_opt = |m: &Option<Measured>, f: fn(&Measured) -> String| {
+        m.as_ref().map(f).unwrap_or_else(|| "-".into())
+    };
     println!("\nfio nbd engine, {seconds} s per point, 4 MiB file; latency = completion latency in microseconds\n");
     if markdown {
         println!("| point | ours p50 / p99 | nbdkit p50 / p99 | nbdkit+FUA p50 / p99 | ours IOPS | nbdkit IOPS | nbdkit+FUA IOPS | ratio | bar |");
@@ -196,20 +247,37 @@ fn print_report(rows: &[(String, Measured, Measured, Option<Measured>, String)],
         let (ratio, bar) = if kind == "latency" {
             if name.starts_with("write") {
                 let f = fua.expect("write rows have a FUA baseline");
-                (format!("p50 {:.2}x nbdkit+FUA", ours.p50_us / f.p50_us), ours.p50_us <= 1.5 * f.p50_us)
+                (
+                    format!("p50 {:.2}x nbdkit+FUA", ours.p50_us / f.p50_us),
+                    ours.p50_us <= 1.5 * f.p50_us,
+                )
             } else {
-                (format!("p50 {:.2}x nbdkit", ours.p50_us / plain.p50_us), ours.p50_us <= 2.0 * plain.p50_us)
+                (
+                    format!("p50 {:.2}x nbdkit", ours.p50_us / plain.p50_us),
+                    ours.p50_us <= 2.0 * plain.p50_us,
+                )
             }
         } else if name.starts_with("write") && name.contains("qd8") {
             let f = fua.expect("write rows have a FUA baseline");
-            (format!("IOPS {:.2}x nbdkit+FUA", ours.iops / f.iops), ours.iops >= 0.5 * f.iops)
+            (
+                format!("IOPS {:.2}x nbdkit+FUA", ours.iops / f.iops),
+                ours.iops >= 0.5 * f.iops,
+            )
         } else {
             let base = fua.unwrap_or(*plain);
-            let label = if fua.is_some() { "nbdkit+FUA" } else { "nbdkit" };
+            let label = if fua.is_some() {
+                "nbdkit+FUA"
+            } else {
+                "nbdkit"
+            };
             (format!("IOPS {:.2}x {label}", ours.iops / base.iops), true)
         };
         let bar_text = if kind == "latency" || name.contains("qd8") && name.starts_with("write") {
-            if bar { "met" } else { "MISSED" }
+            if bar {
+                "met"
+            } else {
+                "MISSED"
+            }
         } else {
             "(no bar)"
         };
@@ -218,7 +286,12 @@ fn print_report(rows: &[(String, Measured, Measured, Option<Measured>, String)],
         if markdown {
             println!(
                 "| {name} | {} | {} | {} | {} | {} | {} | {ratio} | {bar_text} |",
-                lat(ours), lat(plain), fmt_opt(fua, lat), iops(ours), iops(plain), fmt_opt(fua, iops)
+                lat(ours),
+                lat(plain),
+                fmt_opt(fua, lat),
+                iops(ours),
+                iops(plain),
+                fmt_opt(fua, iops)
             );
         } else {
             println!(

@@ -76,7 +76,13 @@ fn run_scenario(fault: Fault, clients: u32, events: usize, watchdog: Duration) -
         cfg.device_size = Some(DISK_SIZE);
         nbd_servers.push(start_nbd_server(&cfg, &dir)?);
         let offset = 4096 * (c as u64 + 1);
-        heartbeat_clients.push(HeartbeatClient::start(&cfg.uri(), c, offset, INTERVAL_MS, &dir)?);
+        heartbeat_clients.push(HeartbeatClient::start(
+            &cfg.uri(),
+            c,
+            offset,
+            INTERVAL_MS,
+            &dir,
+        )?);
     }
     std::thread::sleep(Duration::from_secs(1));
 
@@ -85,14 +91,20 @@ fn run_scenario(fault: Fault, clients: u32, events: usize, watchdog: Duration) -
         event_times.push(monotonic_now());
         match fault {
             Fault::Kill => cluster.servers[serving].as_mut().unwrap().kill_now(),
-            Fault::StopWithWatchdog => cluster.servers[serving].as_ref().unwrap().signal(Signal::SIGSTOP),
+            Fault::StopWithWatchdog => cluster.servers[serving]
+                .as_ref()
+                .unwrap()
+                .signal(Signal::SIGSTOP),
         }
         let next = heartbeat_tests::poll_until(watchdog + Duration::from_secs(10), || {
             cluster.serving().ok().filter(|&i| i != serving)
         })
         .with_context(|| format!("round {round}: no takeover"))?;
         if fault == Fault::StopWithWatchdog {
-            cluster.servers[serving].as_mut().unwrap().wait_exit(Duration::from_secs(5));
+            cluster.servers[serving]
+                .as_mut()
+                .unwrap()
+                .wait_exit(Duration::from_secs(5));
         }
         restart(&mut cluster, &supervisors, serving)?;
         serving = next;
@@ -157,7 +169,12 @@ fn main() -> Result<()> {
         outcomes.push(run_scenario(Fault::Kill, clients, kills, watchdog)?);
     }
     for clients in [1, 3] {
-        outcomes.push(run_scenario(Fault::StopWithWatchdog, clients, stops, watchdog)?);
+        outcomes.push(run_scenario(
+            Fault::StopWithWatchdog,
+            clients,
+            stops,
+            watchdog,
+        )?);
     }
 
     if markdown {
