@@ -6,6 +6,11 @@
 //! guest-io write  DEV OFFSET LEN SEED         one write(2) of LEN pattern bytes
 //! guest-io verify DEV OFFSET LEN SEED [UNIT]  O_DIRECT reads of UNIT (512) bytes, compared
 //! guest-io lbs    DEV                         print the logical block size (BLKSSZGET)
+//! guest-io loop   DEV OFFSET SECONDS SEED     xhad's cycle: 1 KiB write + 2 x 512 B reads,
+//!                                             checked, until SECONDS pass or /tmp/stop-loop
+//!                                             exists; prints the longest operation
+//! guest-io lat    DEV OFFSET COUNT            COUNT 512 B reads and COUNT 1 KiB writes:
+//!                                             latency p50/p99/max in microseconds
 //! ```
 //!
 //! The pattern is the xorshift sequence of `heartbeat_tests::pseudo_random_bytes`
@@ -151,8 +156,110 @@ fn run(args: &[String]) -> Result<bool, String> {
             println!("verified {len} bytes at {offset} seed {seed} in {unit}-byte reads");
             Ok(true)
         }
-        _ => Err(format!("unknown command {cmd:?} (write, verify, lbs)")),
+        "loop" => {
+            let offset = parse(args.get(3), "OFFSET")?;
+            let seconds = parse(args.get(4), "SECONDS")?;
+            let seed = parse(args.get(5), "SEED")?;
+            run_loop(dev, offset, seconds, seed)
+        }
+        "lat" => {
+            let offset = parse(args.get(3), "OFFSET")?;
+            let count = parse(args.get(4), "COUNT")? as usize;
+            let file = open_statefile_style(dev)?;
+            let mut buf = AlignedBuf::new(1024);
+            let mut reads = Vec::with_capacity(count);
+            let mut writes = Vec::with_capacity(count);
+            for i in 0..count {
+                buf.as_mut_slice(1024)
+                    .copy_from_slice(&pattern(1024, i as u64 + 1));
+                let t = std::time::Instant::now();
+                file.write_at(buf.as_mut_slice(1024), offset)
+                    .map_err(|e| format!("write 1024 bytes at {offset} on {dev}: {e}"))?;
+                writes.push(t.elapsed().as_micros() as u64);
+                let t = std::time::Instant::now();
+                file.read_at(buf.as_mut_slice(512), offset)
+                    .map_err(|e| format!("read 512 bytes at {offset} on {dev}: {e}"))?;
+                reads.push(t.elapsed().as_micros() as u64);
+            }
+            println!("lat read512 {}", percentiles(&mut reads));
+            println!("lat write1k {}", percentiles(&mut writes));
+            Ok(true)
+        }
+        _ => Err(format!(
+            "unknown command {cmd:?} (write, verify, lbs, loop, lat)"
+        )),
     }
+}
+
+fn percentiles(v: &mut [u64]) -> String {
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    format!(
+        "n={} p50_us={} p99_us={} max_us={}",
+        v.len(),
+        at(0.5),
+        at(0.99),
+        v[v.len() - 1]
+    )
+}
+
+/// xhad's statefile cycle on one fd, checked: write this host's 1 KiB
+/// section, read it back as two 512 B reads. Any error or mismatch ends
+/// the loop with a failure; the longest operation is the stall a failover
+/// or restart caused.
+fn run_loop(dev: &str, offset: u64, seconds: u64, seed: u64) -> Result<bool, String> {
+    let file = open_statefile_style(dev)?;
+    let start = std::time::Instant::now();
+    let mut buf = AlignedBuf::new(1024);
+    let (mut cycles, mut longest, mut longest_at) = (0u64, 0u128, 0f64);
+    println!("loop started on {dev} at {offset}");
+    while start.elapsed().as_secs() < seconds && !std::path::Path::new("/tmp/stop-loop").exists() {
+        let want = pattern(1024, seed + cycles);
+        buf.as_mut_slice(1024).copy_from_slice(&want);
+        let t = std::time::Instant::now();
+        let n = file.write_at(buf.as_mut_slice(1024), offset).map_err(|e| {
+            format!(
+                "cycle {cycles}: write 1024 bytes at {offset} on {dev} after {:.1} s: {e}",
+                start.elapsed().as_secs_f64()
+            )
+        })?;
+        let mut op = t.elapsed();
+        if n != 1024 {
+            println!("cycle {cycles}: short write {n}");
+            return Ok(false);
+        }
+        for half in 0..2u64 {
+            let at = offset + half * 512;
+            let t = std::time::Instant::now();
+            let n = file.read_at(buf.as_mut_slice(512), at).map_err(|e| {
+                format!(
+                    "cycle {cycles}: read 512 bytes at {at} on {dev} after {:.1} s: {e}",
+                    start.elapsed().as_secs_f64()
+                )
+            })?;
+            op = op.max(t.elapsed());
+            if n != 512 || buf.as_mut_slice(512) != &want[half as usize * 512..][..512] {
+                println!("cycle {cycles}: read-back mismatch at {at} ({n} bytes)");
+                return Ok(false);
+            }
+        }
+        if op.as_micros() > longest {
+            longest = op.as_micros();
+            longest_at = start.elapsed().as_secs_f64();
+        }
+        cycles += 1;
+        if cycles == 1 {
+            std::fs::write("/tmp/loop-running", b"").map_err(|e| e.to_string())?;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    println!(
+        "loop ok: {cycles} cycles in {:.1} s, longest operation {:.1} ms at {:.1} s",
+        start.elapsed().as_secs_f64(),
+        longest as f64 / 1000.0,
+        longest_at
+    );
+    Ok(true)
 }
 
 fn main() -> ExitCode {
