@@ -20,6 +20,13 @@
 //! A fourth test runs nbd-http-server's own `kernel` module in a VM
 //! (netlink attach, restart via RECONFIGURE, ioctl fallback).
 //!
+//! Then nbd-http-server attaching the device itself, inside the guest, on
+//! http-disk-servers on the host (tests/vm/scenarios/http-nbd.sh): xhad's
+//! I/O through `/dev/http-nbd/<vol>`; a SIGKILL and restart of the daemon
+//! under a process holding the device open and writing; a failover of the
+//! serving http-disk-server (killed by this test when the guest asks) under
+//! the same writer.
+//!
 //! The VM reports over its serial console (`VMTEST PASS <name>` /
 //! `VMTEST FAIL <name> <reason>`) and powers itself off; run-vm.sh kills it
 //! after a host-side timeout. Host prerequisites: `tests/vm/install-vm-deps.sh`.
@@ -340,4 +347,163 @@ fn kernel_module_attaches_reconnects_and_detaches_nbd_devices() {
     let example = target_dir().join("release/examples/kernel_attach");
     let run = VmRun::boot("kernel-attach.sh", &[example], &[]);
     run.assert_pass("kernel-attach");
+}
+
+/// http-nbd.sh in one mode: nbd-http-server in the guest on `urls` (host
+/// loopback as 10.0.2.2). Prints the host daemons' logs when it fails.
+fn boot_http_nbd(
+    mode: &str,
+    urls: &[String],
+    params: &[(&str, String)],
+    logs: &[&Daemon],
+) -> VmRun {
+    let io = guest_io();
+    let nbd_bin = binary("nbd-http-server", Profile::Release);
+    let guest_urls: Vec<String> = urls
+        .iter()
+        .map(|u| u.replace("127.0.0.1", "10.0.2.2"))
+        .collect();
+    let mut all: Vec<(&str, String)> = vec![
+        ("mode", mode.to_string()),
+        ("urls", guest_urls.join(",")),
+        ("size", DISK_SIZE.to_string()),
+    ];
+    all.extend(params.iter().cloned());
+    let run = VmRun::boot("http-nbd.sh", &[nbd_bin, io], &all);
+    if !run.serial.contains(&format!("VMTEST PASS http-nbd-{mode}")) {
+        for d in logs {
+            eprintln!("--- host daemon log ---\n{}", d.log());
+        }
+    }
+    run
+}
+
+fn host_disk_server(disk: &TempDisk, arbiter: &str) -> (Daemon, DiskServerConfig) {
+    let mut cfg = DiskServerConfig::new(&disk.path);
+    cfg.arbiter = Some(arbiter.into());
+    cfg.profile = Profile::Release;
+    let d = start_disk_server(&cfg, disk.dir.path()).unwrap();
+    (d, cfg)
+}
+
+/// Scenario 1 with nbd-http-server attaching /dev/nbdN itself: 512-byte
+/// blocks, scheduler none, /dev/http-nbd/statefile, the 260 KiB write and
+/// 1 KiB writes land in the host file; SIGTERM detaches and removes the link.
+#[test]
+fn nbd_http_server_attaches_the_kernel_device_itself() {
+    let _serial = one_vm_test_at_a_time();
+    let disk = TempDisk::zeroed(DISK_SIZE);
+    let (server, cfg) = host_disk_server(&disk, "none");
+    let run = boot_http_nbd("attach", &[cfg.url()], &[("seed", "21".into())], &[&server]);
+    run.assert_pass("http-nbd-attach");
+    assert_scenario_bytes_landed(&disk, 21);
+}
+
+/// Scenario 2: nbd-http-server SIGKILLed and started again while a writer
+/// holds /dev/http-nbd/statefile open: same device, no error.
+#[test]
+fn restarting_nbd_http_server_keeps_the_device_under_a_writer() {
+    let _serial = one_vm_test_at_a_time();
+    let disk = TempDisk::zeroed(DISK_SIZE);
+    let (server, cfg) = host_disk_server(&disk, "none");
+    // A 3 s deadline makes the kernel request timeout 5 s: a request caught
+    // by the kill is re-sent after it, inside the scenario's 8 s.
+    let run = boot_http_nbd(
+        "restart",
+        &[cfg.url()],
+        &[
+            ("args", "--request-deadline-ms:3000".into()),
+            ("after", "8".into()),
+        ],
+        &[&server],
+    );
+    run.assert_pass("http-nbd-restart");
+    assert!(
+        run.serial.contains("loop ok:"),
+        "no writer summary:\n{}",
+        run.serial
+    );
+}
+
+/// Scenario 3: two http-disk-servers (file arbiter) on one host file; when
+/// the guest's writer runs, the guest asks over TCP and this test SIGKILLs
+/// the serving one. The kernel client must see no error.
+#[test]
+fn kernel_client_sees_no_error_across_a_failover() {
+    let _serial = one_vm_test_at_a_time();
+    let disk = TempDisk::zeroed(DISK_SIZE);
+    let dir = disk.dir.path().to_path_buf();
+    let mut cluster =
+        heartbeat_tests::cluster::DiskCluster::start(&disk.path, 2, &dir, Profile::Release, &[])
+            .unwrap();
+    let serving = cluster.wait_for_serving(Duration::from_secs(10)).unwrap();
+    let urls = cluster.urls();
+    let ctl = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ctl_port = ctl.local_addr().unwrap().port();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let killer = std::thread::spawn(move || -> Option<(usize, Duration)> {
+        use std::io::{BufRead, Write};
+        // The guest may fail before it asks: poll, and give up when it is done.
+        ctl.set_nonblocking(true).ok()?;
+        let mut s = loop {
+            match ctl.accept() {
+                Ok((s, _)) => break s,
+                Err(_) if done_rx.try_recv().is_err() => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(_) => return None,
+            }
+        };
+        s.set_nonblocking(false).ok()?;
+        let mut line = String::new();
+        std::io::BufReader::new(s.try_clone().ok()?)
+            .read_line(&mut line)
+            .ok()?;
+        let t0 = std::time::Instant::now();
+        cluster.servers[serving].as_mut().unwrap().kill_now();
+        let next = heartbeat_tests::poll_until(Duration::from_secs(20), || {
+            cluster.serving().ok().filter(|&i| i != serving)
+        });
+        let took = t0.elapsed();
+        let _ = s.write_all(b"killed\n");
+        drop(s);
+        // Keep the survivor running until the guest is done with it.
+        let _ = done_rx.recv_timeout(VM_TIMEOUT);
+        Some((next.unwrap_or(usize::MAX), took))
+    });
+    let io = guest_io();
+    let nbd_bin = binary("nbd-http-server", Profile::Release);
+    let guest_urls: Vec<String> = urls
+        .iter()
+        .map(|u| u.replace("127.0.0.1", "10.0.2.2"))
+        .collect();
+    let run = VmRun::boot(
+        "http-nbd.sh",
+        &[nbd_bin, io],
+        &[
+            ("mode", "failover".into()),
+            ("urls", guest_urls.join(",")),
+            ("size", DISK_SIZE.to_string()),
+            ("ctl", ctl_port.to_string()),
+            ("after", "6".into()),
+        ],
+    );
+    if !run.serial.contains("VMTEST PASS http-nbd-failover") {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                eprintln!(
+                    "--- {} ---\n{}",
+                    entry.path().display(),
+                    std::fs::read_to_string(entry.path()).unwrap_or_default()
+                );
+            }
+        }
+    }
+    run.assert_pass("http-nbd-failover");
+    let (next, took) = killer
+        .join()
+        .expect("killer thread")
+        .expect("control connection");
+    assert_ne!(next, usize::MAX, "no standby took over");
+    eprintln!("takeover seen by the host {took:?} after the kill");
 }

@@ -11,7 +11,10 @@
 #             no error for the writer;
 #   failover  a writer loop runs while the host test kills the serving
 #             http-disk-server (told over TCP to vmt_ctl): no error;
-#   lat       latency figures (guest-io lat) for the benchmark.
+#   bench     for tests/src/bin/bench-kernel-nbd.rs, in one boot: latency
+#             through nbd-client on the host's `nbdkit file` (vmt_nbdkit
+#             port) and through our device, then the failover stall (as in
+#             failover; the longest writer operation).
 # Parameters: vmt_urls (comma separated), vmt_size, vmt_seed, vmt_ctl
 # (failover: host control port), vmt_args (extra nbd-http-server flags,
 # ':' for spaces), vmt_count (lat).
@@ -123,9 +126,21 @@ failover)
   stop_loop
   kill -TERM "$pid"; wait "$pid"
   ;;
-lat)
-  out="$(guest-io lat /dev/http-nbd/$vol 1048576 "${vmt_count:-300}")" || fail "lat: $out"
-  echo "$out" | sed 's/^/http-nbd /'
+bench)
+  count="${vmt_count:-300}"
+  nbd-client 10.0.2.2 "$vmt_nbdkit" /dev/nbd3 -b 512 -t 10 || fail "nbd-client to nbdkit exited $?"
+  out="$(guest-io lat /dev/nbd3 1048576 "$count")" || fail "lat on nbdkit: $out"
+  echo "$out" | sed 's/^/bench nbdkit-file /'
+  nbd-client -d /dev/nbd3
+  out="$(guest-io lat /dev/http-nbd/$vol 1048576 "$count")" || fail "lat on http-nbd: $out"
+  echo "$out" | sed 's/^/bench http-nbd /'
+  start_loop 90
+  sleep 2
+  reply="$(echo loop-running | timeout 30 nc 10.0.2.2 "$vmt_ctl")"
+  [ "$reply" = killed ] || fail "host control answered '$reply'"
+  sleep "${vmt_after:-6}"
+  stop_loop
+  sed -n 's/^loop ok: /bench failover-stall /p' /tmp/loop.log
   kill -TERM "$pid"; wait "$pid"
   ;;
 *) fail "unknown vmt_mode $vmt_mode" ;;
