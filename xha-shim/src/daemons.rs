@@ -44,7 +44,7 @@ impl DaemonBinaries {
             }
             let release = dir.file_name().is_some_and(|n| n == "release");
             bail!(
-                "{name} not found in {} (the demo runs the daemons that sit next to xha-shim); \
+                "{name} not found in {} (xha-shim runs the daemons that sit next to it; --bin-dir names another directory); \
                  build them with `cargo build {}--bins` in the workspace",
                 dir.display(),
                 if release { "--release " } else { "" }

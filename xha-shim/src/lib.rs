@@ -3,6 +3,7 @@
 //! emulator that does exactly what xhad's statefile thread does and judges
 //! each emulated host the way xhad would.
 
+pub mod attach;
 pub mod daemons;
 pub mod demo;
 pub mod emulator;

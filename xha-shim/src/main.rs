@@ -40,6 +40,8 @@ enum Command {
     Heartbeat(HeartbeatArgs),
     Demo(DemoArgs),
     Status(StatusArgs),
+    Attach(AttachArgs),
+    Detach(DetachArgs),
     /// LINSTOR side of the heartbeat volumes: provision them, list their URLs.
     Linstor {
         #[command(subcommand)]
@@ -112,6 +114,91 @@ struct DemoArgs {
     /// directory of this executable).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+}
+
+/// Give xhad its statefile path, as XCP-ng's storage driver does.
+///
+/// Stops leftovers of the volume (pid files in the run directory; a pid is
+/// signalled only if /proc/PID/cmdline is exactly the daemon xha-shim started
+/// for this volume), starts http-disk-server when --disk is given and waits
+/// for `Server ready!`, starts nbd-http-server and waits for
+/// ``NBD `/dev/nbdN` is now attached.``, makes sure LINK-DIR/VOLUME points at
+/// that device and prints LINK-DIR/VOLUME on stdout. Daemons that already run
+/// with the same arguments (and got ready) are kept, so attaching twice gives
+/// the same path and the same processes.
+///
+/// The daemons run in their own sessions and outlive this command; their
+/// stdout and stderr go to RUN-DIR/DAEMON-VOLUME.{out,log}.
+///
+/// Exit status 0 attached (path on stdout), 2 failed (which daemon, which
+/// line it waited for, its log tail on stderr; what this command started is
+/// stopped again).
+#[derive(Args)]
+struct AttachArgs {
+    /// Volume name (xcp-persistent-ha-statefile, xcp-persistent-redo-log).
+    #[arg(long)]
+    volume: xha_shim::attach::VolumeName,
+    /// Every host's http-disk-server URL, comma separated: http://ADDR:PORT[,...]
+    #[arg(long, value_delimiter = ',', required = true)]
+    urls: Vec<String>,
+    /// This host's replica (e.g. /dev/drbd/by-res/VOLUME/0): start
+    /// http-disk-server on it. Without it only nbd-http-server runs.
+    #[arg(long, requires_all = ["ip", "port"])]
+    disk: Option<PathBuf>,
+    /// Address http-disk-server listens on (this host's address in --urls).
+    #[arg(long, requires = "disk")]
+    ip: Option<String>,
+    /// Port http-disk-server listens on (8076 statefile, 8077 redo log).
+    #[arg(long, requires = "disk")]
+    port: Option<u16>,
+    /// Size of the NBD device in bytes (the statefile's 4 MiB; 256 MiB for the redo log).
+    #[arg(long, default_value_t = xha_shim::attach::DEFAULT_DEVICE_SIZE)]
+    device_size: u64,
+    /// Pid files, command line records, daemon logs, the NBD socket.
+    #[arg(long, default_value = xha_shim::attach::DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+    /// Directory of the stable device name LINK-DIR/VOLUME -> /dev/nbdN.
+    #[arg(long, default_value = xha_shim::attach::DEFAULT_LINK_DIR)]
+    link_dir: PathBuf,
+    /// How long each daemon may take to print its readiness line, in seconds.
+    #[arg(long, default_value_t = xha_shim::attach::DEFAULT_READY_TIMEOUT.as_secs_f64())]
+    timeout_s: f64,
+    /// How long a leftover daemon gets between SIGTERM and SIGKILL, in seconds.
+    #[arg(long, default_value_t = xha_shim::attach::DEFAULT_STOP_TIMEOUT.as_secs_f64())]
+    stop_timeout_s: f64,
+    /// No /dev/nbdN (hosts without the nbd driver, tests): nbd-http-server
+    /// runs with --no-attach, attach waits for `NBD server ready on` and
+    /// prints the socket's URI, nbd+unix:///VOLUME?socket=RUN-DIR/VOLUME.socket
+    #[arg(long)]
+    no_kernel_device: bool,
+    /// Extra argument for http-disk-server (repeatable), e.g.
+    /// --http-disk-server-arg=--drbd-promote=auto
+    #[arg(long = "http-disk-server-arg", allow_hyphen_values = true)]
+    http_disk_server_args: Vec<String>,
+    /// Extra argument for nbd-http-server (repeatable).
+    #[arg(long = "nbd-http-server-arg", allow_hyphen_values = true)]
+    nbd_http_server_args: Vec<String>,
+    /// Where http-disk-server and nbd-http-server are (default: the
+    /// directory of this executable).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+/// Stop a volume's daemons started by `attach`: SIGTERM to the process
+/// group of nbd-http-server, then of http-disk-server, SIGKILL after
+/// --stop-timeout-s; then remove LINK-DIR/VOLUME, the pid files and the
+/// socket. Detaching a volume that is not attached succeeds with a note.
+#[derive(Args)]
+struct DetachArgs {
+    #[arg(long)]
+    volume: xha_shim::attach::VolumeName,
+    #[arg(long, default_value = xha_shim::attach::DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+    #[arg(long, default_value = xha_shim::attach::DEFAULT_LINK_DIR)]
+    link_dir: PathBuf,
+    /// How long each daemon gets between SIGTERM and SIGKILL, in seconds.
+    #[arg(long, default_value_t = xha_shim::attach::DEFAULT_STOP_TIMEOUT.as_secs_f64())]
+    stop_timeout_s: f64,
 }
 
 /// Ask every http-disk-server of a volume for its status and show who serves.
@@ -233,6 +320,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Heartbeat(a) => heartbeat(a),
         Command::Demo(a) => demo(a),
         Command::Status(a) => status(a),
+        Command::Attach(a) => attach(a),
+        Command::Detach(a) => detach(a),
         Command::Linstor { command } => {
             let code = linstor::rest::cli::execute(
                 &command,
@@ -296,6 +385,91 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn attach(a: AttachArgs) -> Result<ExitCode> {
+    use xha_shim::attach::{attach, print_line, AttachConfig, DaemonState, LocalReplica};
+    for u in &a.urls {
+        if !u.starts_with("http://") {
+            bail!("--urls: `{u}` is not an http://ADDR:PORT URL");
+        }
+    }
+    let absolute = |p: PathBuf| {
+        std::path::absolute(&p).with_context(|| format!("making {} absolute", p.display()))
+    };
+    let local = match (a.disk, a.ip, a.port) {
+        (Some(disk), Some(ip), Some(port)) => Some(LocalReplica {
+            disk: absolute(disk)?,
+            ip,
+            port,
+        }),
+        (None, None, None) => None,
+        _ => bail!("--disk, --ip and --port go together"),
+    };
+    if a.device_size == 0 || !a.device_size.is_multiple_of(512) {
+        bail!(
+            "--device-size {} must be a positive multiple of 512",
+            a.device_size
+        );
+    }
+    let cfg = AttachConfig {
+        volume: a.volume,
+        urls: a.urls,
+        local,
+        device_size: a.device_size,
+        run_dir: absolute(a.run_dir)?,
+        link_dir: absolute(a.link_dir)?,
+        kernel_device: !a.no_kernel_device,
+        ready_timeout: seconds("timeout-s", a.timeout_s)?,
+        stop_timeout: seconds("stop-timeout-s", a.stop_timeout_s)?,
+        binaries: DaemonBinaries::locate(a.bin_dir.as_deref())?,
+        http_disk_server_args: a.http_disk_server_args,
+        nbd_http_server_args: a.nbd_http_server_args,
+    };
+    let done = attach(&cfg)?;
+    let say = |name: &str, s: DaemonState| match s {
+        DaemonState::Started { pid } => eprintln!("xha-shim: {name} started (pid {pid})"),
+        DaemonState::AlreadyRunning { pid } => {
+            eprintln!("xha-shim: {name} already running (pid {pid}), kept")
+        }
+    };
+    if let Some(s) = done.http_disk_server {
+        say("http-disk-server", s);
+    }
+    say("nbd-http-server", done.nbd_http_server);
+    print_line(&done.path)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn detach(a: DetachArgs) -> Result<ExitCode> {
+    use xha_shim::attach::{detach, DetachConfig, Stopped};
+    let cfg = DetachConfig {
+        volume: a.volume,
+        run_dir: std::path::absolute(&a.run_dir).context("making --run-dir absolute")?,
+        link_dir: std::path::absolute(&a.link_dir).context("making --link-dir absolute")?,
+        stop_timeout: seconds("stop-timeout-s", a.stop_timeout_s)?,
+    };
+    let done = detach(&cfg)?;
+    if done.nothing_to_do() {
+        eprintln!(
+            "xha-shim: volume {}: nothing to detach (no daemon of ours running, no link)",
+            cfg.volume
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (name, s) in [
+        ("nbd-http-server", &done.nbd_http_server),
+        ("http-disk-server", &done.http_disk_server),
+    ] {
+        match s {
+            Stopped::NotRunning => {}
+            Stopped::Terminated { pid } => eprintln!("xha-shim: {name} (pid {pid}) stopped"),
+            Stopped::Killed { pid } => {
+                eprintln!("xha-shim: {name} (pid {pid}) ignored SIGTERM; killed")
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn status(a: StatusArgs) -> Result<ExitCode> {
