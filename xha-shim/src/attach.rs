@@ -456,6 +456,8 @@ fn spawn(layout: &RunLayout, daemon: Daemon, program: &Path, args: &[String]) ->
     // attach happened to run in (paths it gets are absolute).
     cmd.args(args)
         .current_dir("/")
+        // Plain log files, no terminal colour codes.
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr));

@@ -4,53 +4,12 @@
 //! generous XHA timeouts, decide.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xha-shim sits in the workspace")
-        .to_path_buf()
-}
-
-fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_xha-shim"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// Builds the daemons once per test process (a no-op when fresh), so the
-/// demo finds current ones beside xha-shim.
-fn build_daemons() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(workspace_root())
-            .args([
-                "build",
-                "--quiet",
-                "--bin",
-                "http-disk-server",
-                "--bin",
-                "nbd-http-server",
-            ])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build of the daemons failed");
-        for d in ["http-disk-server", "nbd-http-server"] {
-            assert!(
-                bin_dir().join(d).is_file(),
-                "{d} not in {}",
-                bin_dir().display()
-            );
-        }
-    });
-}
+mod common;
+use common::{bin_dir, build_daemons, processes_mentioning};
 
 fn xha_shim(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xha-shim"))
@@ -71,28 +30,6 @@ fn text(out: &Output) -> String {
 
 fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
-}
-
-/// Processes whose command line mentions `needle` (to find leftovers).
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if !e
-            .file_name()
-            .to_string_lossy()
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        {
-            continue;
-        }
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(needle) {
-                found.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
-            }
-        }
-    }
-    found
 }
 
 #[test]
