@@ -184,16 +184,22 @@ struct AttachArgs {
     bin_dir: Option<PathBuf>,
 }
 
-/// Stop a volume's daemons started by `attach`: SIGTERM to the process
-/// group of nbd-http-server, then of http-disk-server, SIGKILL after
-/// --stop-timeout-s; then remove LINK-DIR/VOLUME, the pid files and the
-/// socket. Detaching a volume that is not attached succeeds with a note.
+/// Stop a volume's daemons started by `attach` and remove its device link.
+///
+/// SIGTERM to the process group of nbd-http-server (which detaches
+/// /dev/nbdN), then of http-disk-server, SIGKILL after --stop-timeout-s;
+/// then LINK-DIR/VOLUME, the pid files and the socket go (logs stay). A pid
+/// file naming anything but our daemon for this volume is removed, never
+/// signalled. Detaching a volume that is not attached succeeds with a note.
 #[derive(Args)]
 struct DetachArgs {
+    /// Volume name, as given to attach.
     #[arg(long)]
     volume: xha_shim::attach::VolumeName,
+    /// The run directory given to attach.
     #[arg(long, default_value = xha_shim::attach::DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
+    /// The link directory given to attach.
     #[arg(long, default_value = xha_shim::attach::DEFAULT_LINK_DIR)]
     link_dir: PathBuf,
     /// How long each daemon gets between SIGTERM and SIGKILL, in seconds.

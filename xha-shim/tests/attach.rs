@@ -13,6 +13,8 @@ use common::{build_daemons, processes_mentioning};
 fn xha_shim(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xha-shim"))
         .args(args)
+        // The notes asserted on are info/warn lines.
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .output()
         .expect("run xha-shim")
