@@ -22,3 +22,7 @@ for tool in nbdinfo nbdcopy nbdkit fio qemu-io curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool after install" >&2; exit 1; }
 done
 /usr/bin/python3 -c 'import nbd' || { echo "python3-libnbd not importable by /usr/bin/python3" >&2; exit 1; }
+
+# The VM tests (kernel NBD client, DRBD 8.4): qemu-system-x86 at qemu-utils'
+# version, cpio, and friends.
+bash "$(dirname "$0")/../tests/vm/install-vm-deps.sh"
