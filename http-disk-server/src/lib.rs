@@ -118,6 +118,11 @@ pub struct Args {
     /// quorum a partitioned pair may both promote (split brain).
     #[arg(long)]
     pub drbd_derive_may_promote: bool,
+    /// DRBD arbiter: run `drbdsetup events2` without `--full`, which DRBD
+    /// 8.4's drbdsetup does not know (change lines then carry only the
+    /// changed keys).
+    #[arg(long)]
+    pub drbd_events2_plain: bool,
 }
 
 impl Args {
@@ -158,6 +163,7 @@ pub fn make_arbiter(args: &Args, probe: &DiskProbe) -> anyhow::Result<Box<dyn Ar
                 release_timeout: Duration::from_millis(args.io_deadline_ms.max(1)) * 2
                     + Duration::from_secs(1),
                 derive_may_promote: args.drbd_derive_may_promote,
+                events2_plain: args.drbd_events2_plain,
             },
         )),
     })

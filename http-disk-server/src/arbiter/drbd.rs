@@ -47,7 +47,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use linstor::drbdsetup::{self, Drbdsetup, Events2Feed, FeedItem};
 use linstor::events2::{DiskState, EventKind, Line, ObjectKind, Role};
-use linstor::model::{ModelOptions, ResourceModel, ResourceView};
+use linstor::model::{ChangeLines, ModelOptions, ResourceModel, ResourceView};
 use linstor::promoter::{
     Action, ClusterView, Input, OpenOutcome, Phase, Promoter, PromoterConfig, PromotionMode,
     StepDownReason,
@@ -87,6 +87,9 @@ pub struct DrbdConfig {
     /// [`ModelOptions::derive_may_promote`]. Not split-brain safe: 8.4 has
     /// no quorum, so two partitioned nodes may both see "may promote".
     pub derive_may_promote: bool,
+    /// Run `events2` without `--full` (DRBD 8.4's drbdsetup rejects it) and
+    /// model its change lines as carrying only the changed keys.
+    pub events2_plain: bool,
 }
 
 impl Default for DrbdConfig {
@@ -100,6 +103,7 @@ impl Default for DrbdConfig {
             peer_urls: BTreeMap::new(),
             release_timeout: Duration::from_secs(5),
             derive_may_promote: false,
+            events2_plain: false,
         }
     }
 }
@@ -338,7 +342,8 @@ enum Exit {
 
 impl Driver {
     fn new(config: DrbdConfig, device: PathBuf, resource: String, ctx: ArbiterContext) -> Self {
-        let drbdsetup = Drbdsetup::new(&config.drbdsetup, config.command_timeout);
+        let mut drbdsetup = Drbdsetup::new(&config.drbdsetup, config.command_timeout);
+        drbdsetup.events2_full = !config.events2_plain;
         let promoter = Promoter::new(
             PromoterConfig {
                 mode: match config.promote {
@@ -355,7 +360,11 @@ impl Driver {
             resource.clone(),
             ModelOptions {
                 derive_may_promote: config.derive_may_promote,
-                ..ModelOptions::default()
+                change_lines: if config.events2_plain {
+                    ChangeLines::Plain
+                } else {
+                    ChangeLines::Full
+                },
             },
         );
         Driver {
