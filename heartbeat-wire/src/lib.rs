@@ -7,6 +7,7 @@
 //! headers, the status document) is an additive extension that a reference
 //! client never has to look at.
 
+pub mod auth;
 pub mod nbd;
 pub mod range;
 pub mod sd_notify;
