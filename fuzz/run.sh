@@ -16,7 +16,7 @@
 # (-Zsanitizer, sancov passes); on a stable toolchain they are enabled with
 # RUSTC_BOOTSTRAP=1, set here for the fuzz build only.
 #
-# FUZZ_KNOWN_BUGS=id,... makes the targets skip the inputs of already
+# FUZZ_TIMEOUT overrides the 5 s hang limit. FUZZ_KNOWN_BUGS=id,... makes the targets skip the inputs of already
 # reported bugs (ids in the targets' sources) for long exploratory runs; CI
 # must not set it.
 set -euo pipefail
@@ -58,41 +58,71 @@ export RUSTC_BOOTSTRAP=1
 # Release with debug assertions and overflow checks, AddressSanitizer
 # (http-disk-server has unsafe aligned buffers).
 started=$(date +%s)
-cargo fuzz build --release --debug-assertions --sanitizer address
+for t in "${targets[@]}"; do
+    cargo fuzz build --release --debug-assertions --sanitizer address "$t"
+done
 echo "build took $(( $(date +%s) - started )) s" >&2
 bin_dir="$here/target/x86_64-unknown-linux-gnu/release"
+
+# libFuzzer's -timeout is wall-clock time, so on a loaded machine (or under
+# nice) a starved process can look hung. A timeout counts as a hang only if
+# its input also runs past the limit when replayed alone; otherwise the input
+# is kept as artifacts/<target>/starved-* and fuzzing resumes for the rest of
+# the target's time (the corpus carries over).
+timeout_s="${FUZZ_TIMEOUT:-5}"
+
+# Runs one target for its time; sets $execs and returns libFuzzer's status.
+fuzz_one() {
+    local t="$1" log="artifacts/$1.log" deadline=$(( $(date +%s) + secs )) rc left n unit took
+    execs=0
+    : >"$log"
+    while :; do
+        left=$(( deadline - $(date +%s) ))
+        [ $left -gt 0 ] || return 0
+        set +e
+        "$bin_dir/$t" "corpus/$t" "seeds/$t" \
+            -max_total_time="$left" -timeout="$timeout_s" -rss_limit_mb=1024 \
+            -max_len="$(max_len "$t")" -artifact_prefix="artifacts/$t/" \
+            -print_final_stats=1 >"$log.part" 2>&1
+        rc=$?
+        set -e
+        cat "$log.part" >>"$log"
+        n=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log.part" | tail -n 1)
+        if [ -z "$n" ]; then
+            # Ended by a finding, before the final stats: the last status line.
+            n=$(grep -o '^#[0-9]*' "$log.part" | tail -n 1 | tr -d '#')
+        fi
+        execs=$(( execs + ${n:-0} ))
+        unit=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log.part" | tail -n 1)
+        if [ $rc -eq 0 ] || ! grep -q 'ERROR: libFuzzer: timeout' "$log.part" || [ ! -e "$unit" ]; then
+            rm -f "$log.part"
+            return $rc
+        fi
+        rm -f "$log.part"
+        took=$("$bin_dir/$t" -timeout=60 "$unit" 2>&1 | sed -n 's/^Executed .* in \([0-9]*\) ms$/\1/p' | tail -n 1)
+        if [ -n "$took" ] && [ "$took" -lt $(( timeout_s * 1000 / 2 )) ]; then
+            echo "$t: timeout was starvation (the input runs in $took ms alone); resuming" >&2
+            mv "$unit" "artifacts/$t/starved-${unit##*/timeout-}"
+        else
+            echo "$t: $unit hangs when replayed (${took:-no result} ms)" >&2
+            return $rc
+        fi
+    done
+}
 
 failed=()
 summary=()
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
-    log="artifacts/$t.log"
     echo "== $t: ${secs} s" >&2
-    set +e
-    "$bin_dir/$t" "corpus/$t" "seeds/$t" \
-        -max_total_time="$secs" -timeout=5 -rss_limit_mb=1024 \
-        -max_len="$(max_len "$t")" -artifact_prefix="artifacts/$t/" \
-        -print_final_stats=1 >"$log" 2>&1
-    rc=$?
-    set -e
-    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
-    if [ -z "$execs" ]; then
-        # A crash ends the run before the final stats: take the last status line.
-        execs=$(grep -o '^#[0-9]*' "$log" | tail -n 1 | tr -d '#')
-    fi
+    rc=0
+    fuzz_one "$t" || rc=$?
     if [ $rc -eq 0 ]; then
-        summary+=("$(printf '%-20s ok      %12s executions' "$t" "${execs:-?}")")
+        summary+=("$(printf '%-20s ok      %12s executions' "$t" "$execs")")
     else
         failed+=("$t")
-        summary+=("$(printf '%-20s FAILED  %12s executions (exit %d, see fuzz/%s)' "$t" "${execs:-?}" "$rc" "$log")")
-        grep -E "panicked at|^(SUMMARY|==[0-9]+== ?ERROR)|Test unit written|ALARM|out-of-memory|^[^ ].*assertion" "$log" | head -n 8 >&2 || true
-        # A timeout on a busy or niced machine may be starvation, not a
-        # hang: replay the input once to tell.
-        for unit in "artifacts/$t"/timeout-*; do
-            [ -e "$unit" ] || continue
-            took=$("$bin_dir/$t" -timeout=60 "$unit" 2>&1 | sed -n 's/^Executed .* in \([0-9]*\) ms$/\1/p' | tail -n 1)
-            echo "replayed $unit: ${took:-no result (hang or crash)} ms" >&2
-        done
+        summary+=("$(printf '%-20s FAILED  %12s executions (exit %d, see fuzz/artifacts/%s.log)' "$t" "$execs" "$rc" "$t")")
+        grep -E "panicked at|^(SUMMARY|==[0-9]+== ?ERROR)|Test unit written|out-of-memory" "artifacts/$t.log" | tail -n 6 >&2 || true
     fi
 done
 
