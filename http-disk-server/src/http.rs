@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use heartbeat_wire::auth::{self, AuthError, SignedParts, Verified, Verifier};
 use heartbeat_wire::{
     range::RangeRequest, ByteRange, ContentRange, RangeError, ServerStatus, HEADER_EPOCH,
     HEADER_ROLE, HEADER_SERVING_URL, METRICS_PATH, STATUS_PATH,
@@ -45,8 +46,63 @@ pub struct HttpConfig {
     pub probed_size: u64,
 }
 
+/// Who may send block requests (see SECURITY.md).
+#[derive(Debug, Clone)]
+pub enum AuthPolicy {
+    /// Every block request (HEAD, GET, PUT on `/`) needs a valid
+    /// `x-heartbeat-auth` MAC; anything else gets 401 before any disk I/O.
+    Required(Arc<Verifier>),
+    /// Compatibility mode with a key (`--allow-unauthenticated` and a key
+    /// file): a request without the header is served, one with the header
+    /// must verify. For migrating from reference clients.
+    Compat(Arc<Verifier>),
+    /// Compatibility mode without a key: nothing is checked. Only with
+    /// `--allow-unauthenticated`.
+    Off,
+}
+
+impl AuthPolicy {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            AuthPolicy::Required(_) => "required",
+            AuthPolicy::Compat(_) => "compat (unauthenticated requests accepted)",
+            AuthPolicy::Off => "off (no key; anyone may write)",
+        }
+    }
+}
+
+/// Log at most one line per this interval for refused or unauthenticated
+/// requests: a flood must not flood the log too.
+const AUTH_LOG_INTERVAL_MS: u64 = 10_000;
+
+/// Rate-limited warning: returns how many events were suppressed since the
+/// last line, or None when this one is suppressed too.
+fn rate_limited(
+    last_ms: &std::sync::atomic::AtomicU64,
+    suppressed: &std::sync::atomic::AtomicU64,
+) -> Option<u64> {
+    let now = auth::unix_ms_now();
+    let last = last_ms.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= AUTH_LOG_INTERVAL_MS
+        && last_ms
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    {
+        Some(suppressed.swap(0, Ordering::AcqRel))
+    } else {
+        suppressed.fetch_add(1, Ordering::AcqRel);
+        None
+    }
+}
+
+static REFUSED_LAST_LOG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static REFUSED_SUPPRESSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static UNAUTH_LAST_LOG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static UNAUTH_SUPPRESSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub struct DiskService {
     pub cfg: HttpConfig,
+    pub auth: AuthPolicy,
     pub gate: Arc<Gate>,
     pub locks: Arc<RangeLock>,
     pub metrics: Metrics,
@@ -199,6 +255,12 @@ impl DiskService {
             .with(header::ALLOW, "HEAD, GET, PUT");
             return (a, 0);
         }
+        // Authentication comes first: before the role check (a standby's
+        // hint goes to pool members only) and before any disk I/O.
+        let verified = match self.authenticate(op, &req) {
+            Ok(v) => v,
+            Err(a) => return (a, 0),
+        };
         let (_, disk) = match self.admit() {
             Ok(x) => x,
             Err(a) => return (a, 0),
@@ -217,7 +279,7 @@ impl DiskService {
                 Ok((a, n)) => (a, n),
                 Err(a) => (a, 0),
             },
-            Op::Write => match self.write(req, size).await {
+            Op::Write => match self.write(req, size, verified).await {
                 Ok(n) => (Answer::text(StatusCode::OK, "Ok."), n),
                 Err(a) => (a, 0),
             },
@@ -296,7 +358,63 @@ impl DiskService {
         Ok((a, range.len()))
     }
 
-    async fn write(&self, req: Request<Incoming>, size: u64) -> Result<u64, Answer> {
+    /// Check the request's MAC under the configured policy. `Ok(Some)`: a
+    /// verified request whose body (PUT) is still to be compared with the
+    /// signed digest; `Ok(None)`: compatibility mode, no header.
+    fn authenticate(&self, op: Op, req: &Request<Incoming>) -> Result<Option<Verified>, Answer> {
+        let (verifier, required) = match &self.auth {
+            AuthPolicy::Off => return Ok(None),
+            AuthPolicy::Required(v) => (v, true),
+            AuthPolicy::Compat(v) => (v, false),
+        };
+        let h = req.headers();
+        let header_value = h.get(auth::HEADER_AUTH).map(|v| v.to_str().unwrap_or(""));
+        if header_value.is_none() && !required {
+            if let Some(suppressed) = rate_limited(&UNAUTH_LAST_LOG, &UNAUTH_SUPPRESSED) {
+                tracing::warn!(device = %self.cfg.device, suppressed, "COMPATIBILITY MODE: serving a request WITHOUT authentication (--allow-unauthenticated); anyone who reaches this port can write the statefile");
+            }
+            return Ok(None);
+        }
+        let range_header = match op {
+            Op::Read => h.get(header::RANGE),
+            Op::Write => h.get(header::CONTENT_RANGE),
+            _ => None,
+        };
+        let parts = SignedParts {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            range: range_header.and_then(|v| v.to_str().ok()).unwrap_or(""),
+        };
+        verifier
+            .check(&parts, header_value, auth::unix_ms_now(), op == Op::Write)
+            .map(Some)
+            .map_err(|e| self.auth_refusal(&e))
+    }
+
+    fn auth_refusal(&self, e: &AuthError) -> Answer {
+        if e.is_overload() {
+            tracing::warn!(device = %self.cfg.device, "{e}");
+            return Answer::text(StatusCode::TOO_MANY_REQUESTS, format!("{e}"))
+                .with(header::RETRY_AFTER, "1");
+        }
+        if let Some(suppressed) = rate_limited(&REFUSED_LAST_LOG, &REFUSED_SUPPRESSED) {
+            tracing::warn!(device = %self.cfg.device, suppressed, "refused a block request: {e}");
+        }
+        Answer::text(
+            StatusCode::UNAUTHORIZED,
+            format!("{e}; nothing was read or written"),
+        )
+        .with(header::WWW_AUTHENTICATE, "x-heartbeat-auth v1")
+        // An unauthenticated peer does not get to keep a connection slot.
+        .with(header::CONNECTION, "close")
+    }
+
+    async fn write(
+        &self,
+        req: Request<Incoming>,
+        size: u64,
+        verified: Option<Verified>,
+    ) -> Result<u64, Answer> {
         let h = req.headers();
         let cr = h.get(header::CONTENT_RANGE).ok_or_else(|| {
             Answer::text(
@@ -352,6 +470,10 @@ impl DiskService {
         let data = self
             .read_body(req.into_body(), range.len() as usize)
             .await?;
+        if let Some(v) = &verified {
+            v.check_body(data.as_ref())
+                .map_err(|e| self.auth_refusal(&e))?;
+        }
         let offset = range.offset();
         self.run_io(
             "write",
@@ -370,13 +492,20 @@ impl DiskService {
         let mut single: Option<Bytes> = None;
         let mut buf: Option<AlignedBuf> = None;
         let mut got = 0usize;
+        // Besides the idle bound between chunks, the whole body must arrive
+        // within the idle bound plus its size at 1 MB/s: a client trickling
+        // a byte now and then cannot hold a request open for long.
+        let body_deadline = tokio::time::Instant::now()
+            + self.cfg.body_idle_timeout
+            + Duration::from_micros(len as u64);
         loop {
-            let frame = match tokio::time::timeout(self.cfg.body_idle_timeout, body.frame()).await {
+            let wait = tokio::time::Instant::now() + self.cfg.body_idle_timeout;
+            let frame = match tokio::time::timeout_at(wait.min(body_deadline), body.frame()).await {
                 Err(_) => {
                     return Err(Answer::text(
                         StatusCode::REQUEST_TIMEOUT,
                         format!(
-                            "no body data for {:?} after {got} of {len} bytes; nothing was written",
+                            "body too slow: {got} of {len} bytes received (idle limit {:?}, whole-body limit that plus 1 s per MB); nothing was written",
                             self.cfg.body_idle_timeout
                         ),
                     ))
@@ -660,6 +789,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let svc = DiskService {
+            auth: AuthPolicy::Off,
             cfg: HttpConfig {
                 device: "slow-test-disk".into(),
                 arbiter: "test",

@@ -123,6 +123,125 @@ pub struct Args {
     /// changed keys).
     #[arg(long)]
     pub drbd_events2_plain: bool,
+    /// Pool key file (lines `id:hex`, mode 0600): every block request must
+    /// carry a MAC made with one of its keys. Default: /etc/xha-heartbeat/pool.key
+    /// if it exists. See SECURITY.md for creating and rotating it.
+    #[arg(long)]
+    pub auth_key_file: Option<PathBuf>,
+    /// Compatibility mode for reference clients: serve block requests that
+    /// carry no MAC (with a key file, requests that do carry one must still
+    /// verify). Without a key file the server refuses to start unless this
+    /// is given. Anyone who reaches the port can then write the statefile.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
+    /// Accepted clock difference for a request's MAC timestamp, either way.
+    /// The hosts of a pool run NTP.
+    #[arg(long, default_value_t = heartbeat_wire::auth::DEFAULT_WINDOW.as_millis() as u64)]
+    pub auth_window_ms: u64,
+    /// Most request nonces remembered (those inside the window); when full
+    /// of live nonces, new requests are refused with 429.
+    #[arg(long, default_value_t = heartbeat_wire::auth::DEFAULT_REPLAY_CAPACITY)]
+    pub auth_replay_capacity: usize,
+    /// Most open client connections; more are accepted and closed at once.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Most open connections from one IP address; more are closed at once.
+    #[arg(long, default_value_t = 128)]
+    pub max_connections_per_ip: usize,
+    /// Largest request head (request line and headers) in bytes; at least 8192.
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+}
+
+/// The authentication policy from the flags: a key file (explicit, or the
+/// default path when it exists) makes MACs required; `--allow-unauthenticated`
+/// relaxes that; with neither a key nor the flag the server refuses to start,
+/// so that a server never silently accepts writes from anyone.
+pub fn auth_policy(args: &Args) -> anyhow::Result<http::AuthPolicy> {
+    use heartbeat_wire::auth::{self, PoolKeys, Verifier};
+    let key_file = auth::resolve_key_file(args.auth_key_file.as_deref());
+    let Some(path) = key_file else {
+        if args.allow_unauthenticated {
+            for line in [
+                "COMPATIBILITY MODE: no pool key and --allow-unauthenticated: block requests are NOT authenticated",
+                "anyone who can reach this port can read and overwrite the statefile and fence the pool",
+                "install a pool key (SECURITY.md) and drop --allow-unauthenticated",
+            ] {
+                tracing::warn!(disk = %args.disk.display(), "{line}");
+            }
+            return Ok(http::AuthPolicy::Off);
+        }
+        anyhow::bail!(
+            "no pool key: --auth-key-file not given and {key} does not exist; refusing to serve a disk anyone could write. Create the key on every host (SECURITY.md: `umask 077; mkdir -p /etc/xha-heartbeat; echo \"k1:$(openssl rand -hex 32)\" > {key}`), or pass --allow-unauthenticated for reference clients (unsafe)",
+            key = auth::DEFAULT_KEY_FILE,
+        );
+    };
+    let keys = PoolKeys::load(&path)?;
+    let verifier = Arc::new(Verifier::new(
+        keys,
+        Duration::from_millis(args.auth_window_ms),
+        args.auth_replay_capacity,
+    ));
+    let ids = verifier.keys().ids().join(",");
+    if args.allow_unauthenticated {
+        tracing::warn!(disk = %args.disk.display(), key_file = %path.display(), keys = %ids, "COMPATIBILITY MODE: --allow-unauthenticated: requests WITHOUT a MAC are served (anyone who reaches this port can write); requests with one must verify");
+        Ok(http::AuthPolicy::Compat(verifier))
+    } else {
+        tracing::info!(disk = %args.disk.display(), key_file = %path.display(), keys = %ids, "block requests need a MAC from the pool key");
+        Ok(http::AuthPolicy::Required(verifier))
+    }
+}
+
+/// Open connections, in total and per peer address.
+#[derive(Debug, Default)]
+pub struct ConnectionCount {
+    total: AtomicUsize,
+    per_ip: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// One admitted connection; releases its slot when dropped.
+pub struct ConnectionSlot {
+    count: Arc<ConnectionCount>,
+    ip: IpAddr,
+}
+
+impl ConnectionCount {
+    /// A slot for a connection from `ip`, or None when a limit is reached.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Option<ConnectionSlot> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = per_ip.get(&ip).copied().unwrap_or(0);
+        if self.total.load(Ordering::Acquire) >= max_total || mine >= max_per_ip {
+            return None;
+        }
+        per_ip.insert(ip, mine + 1);
+        self.total.fetch_add(1, Ordering::AcqRel);
+        Some(ConnectionSlot {
+            count: Arc::clone(self),
+            ip,
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut per_ip = self.count.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        self.count.total.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Args {
@@ -171,6 +290,7 @@ pub fn make_arbiter(args: &Args, probe: &DiskProbe) -> anyhow::Result<Box<dyn Ar
 
 /// Run the server until SIGTERM/SIGINT. Returns Ok for an orderly exit.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let auth = auth_policy(&args)?;
     let probe = DiskProbe::probe(&args.disk)?;
     let arbiter = make_arbiter(&args, &probe)?;
     let arbiter_name = arbiter.name();
@@ -194,6 +314,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let health = Arc::new(DiskHealth::default());
     let service = Arc::new(DiskService {
+        auth,
         cfg: HttpConfig {
             device: args.disk.display().to_string(),
             arbiter: arbiter_name,
@@ -241,7 +362,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     liveness::sd_notify("READY=1");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let connections = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(ConnectionCount::default());
+    let (max_conns, max_per_ip) = (
+        args.max_connections.max(1),
+        args.max_connections_per_ip.max(1),
+    );
+    let max_buf = args.max_header_bytes.max(8192);
+    let mut refused_since_log: u64 = 0;
+    let mut last_refusal_log: Option<tokio::time::Instant> = None;
     let header_timeout = Duration::from_millis(args.header_timeout_ms.max(100));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -257,14 +385,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         continue;
                     }
                 };
+                let Some(slot) = connections.admit(peer.ip(), max_conns, max_per_ip) else {
+                    // Accept and close at once: the peer learns at once, and
+                    // the kernel backlog does not fill with it.
+                    drop(stream);
+                    refused_since_log += 1;
+                    let now = tokio::time::Instant::now();
+                    if last_refusal_log.map_or(true, |t| now - t >= Duration::from_secs(10)) {
+                        tracing::warn!(%peer, refused = refused_since_log, open = connections.open(), max_connections = max_conns, max_connections_per_ip = max_per_ip, "connection limit reached: closing new connections");
+                        refused_since_log = 0;
+                        last_refusal_log = Some(now);
+                    }
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let svc = Arc::clone(&service);
                 let mut stop = stop_rx.clone();
-                let conns = Arc::clone(&connections);
-                conns.fetch_add(1, Ordering::AcqRel);
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
+                        .max_buf_size(max_buf)
                         .header_read_timeout(header_timeout)
                         .keep_alive(true)
                         .serve_connection(
@@ -285,7 +426,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
-                    conns.fetch_sub(1, Ordering::AcqRel);
                 });
             }
             _ = sigterm.recv() => break None,
@@ -314,14 +454,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let grace = Duration::from_millis(args.shutdown_grace_ms);
     let drained = tokio::time::timeout(grace, async {
-        while connections.load(Ordering::Acquire) > 0 {
+        while connections.open() > 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
     .await;
     if drained.is_err() {
         tracing::warn!(
-            open = connections.load(Ordering::Acquire),
+            open = connections.open(),
             "connections still open after {grace:?}; closing them"
         );
     }

@@ -102,6 +102,13 @@ pub struct Cli {
     #[arg(long, default_value_t = attach::DEFAULT_DEAD_CONN_TIMEOUT.as_secs())]
     pub dead_conn_timeout_secs: u64,
 
+    /// Pool key file (lines `id:hex`, mode 0600): every upstream request is
+    /// signed with its first key (`x-heartbeat-auth`). Default:
+    /// /etc/xha-heartbeat/pool.key if it exists; without a key requests go
+    /// unsigned, which only a server in compatibility mode accepts.
+    #[arg(long)]
+    pub auth_key_file: Option<PathBuf>,
+
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -142,6 +149,24 @@ impl Listener {
     }
 }
 
+/// The key requests are signed with: the first of the key file, or None
+/// (with a loud warning) when there is no key file at all. A key file that
+/// exists but cannot be used (permissions, syntax) is fatal.
+fn load_signing_key(
+    volume: &str,
+    explicit: Option<&std::path::Path>,
+) -> Result<Option<Arc<heartbeat_wire::auth::PoolKey>>> {
+    use heartbeat_wire::auth::{self, PoolKeys};
+    let Some(path) = auth::resolve_key_file(explicit) else {
+        warn!(volume = %volume, "no pool key (--auth-key-file not given, {} absent): upstream requests are NOT signed; only an http-disk-server in compatibility mode (--allow-unauthenticated) will serve them", auth::DEFAULT_KEY_FILE);
+        return Ok(None);
+    };
+    let keys = PoolKeys::load(&path).with_context(|| format!("volume {volume}"))?;
+    let key = keys.signing_key().clone();
+    info!(volume = %volume, key_file = %path.display(), key = %key.id, "signing upstream requests with the pool key");
+    Ok(Some(Arc::new(key)))
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
     let volume = cli.nbd_name.clone();
     let attach_mode = if cli.no_attach {
@@ -177,6 +202,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     upstream_config.connect_timeout = Duration::from_millis(cli.connect_timeout_ms);
     upstream_config.request_timeout = Duration::from_millis(cli.request_timeout_ms);
     upstream_config.probe_timeout = upstream_config.connect_timeout + Duration::from_millis(300);
+    upstream_config.auth = load_signing_key(&volume, cli.auth_key_file.as_deref())?;
     let upstream = Arc::new(HttpUpstream::new(upstream_config).map_err(anyhow::Error::msg)?);
     info!(volume = %volume, urls = %cli.urls.join(","), deadline_ms = deadline.as_millis() as u64, "starting");
 

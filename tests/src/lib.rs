@@ -316,6 +316,74 @@ impl Drop for Daemon {
     }
 }
 
+/// The pool key file every daemon a test process spawns shares by default:
+/// one random key, mode 0600, in the scratch directory.
+pub fn test_key_file() -> PathBuf {
+    static KEY: OnceLock<PathBuf> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("pool-key-")
+            .tempdir_in(scratch_root())
+            .expect("create key dir")
+            .keep();
+        let path = dir.join("pool.key");
+        let secret: [u8; 32] = rand::random();
+        write_key_file(&path, &[("test", &secret)]);
+        path
+    })
+    .clone()
+}
+
+/// Write a key file of `(id, secret)` lines with mode 0600.
+pub fn write_key_file(path: &Path, keys: &[(&str, &[u8])]) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut text = String::new();
+    for (id, secret) in keys {
+        text.push_str(&format!(
+            "{id}:{}\n",
+            heartbeat_wire::auth::encode_hex(secret)
+        ));
+    }
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create key file");
+    f.write_all(text.as_bytes()).expect("write key file");
+}
+
+/// The `x-heartbeat-auth` value for a block request signed with the
+/// signing key of `key_file` (what nbd-http-server would send), for tests
+/// that speak HTTP themselves. `range` is the Range (GET) or Content-Range
+/// (PUT) value, "" for HEAD.
+pub fn auth_header(key_file: &Path, method: &str, range: &str, body: &[u8]) -> String {
+    let keys = heartbeat_wire::auth::PoolKeys::load(key_file).expect("load key file");
+    heartbeat_wire::auth::sign(
+        keys.signing_key(),
+        &heartbeat_wire::auth::SignedParts {
+            method,
+            path: "/",
+            range,
+        },
+        body,
+    )
+}
+
+/// How a spawned http-disk-server authenticates block requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAuth {
+    /// `--auth-key-file PATH` (the default: [`test_key_file`]).
+    KeyFile(PathBuf),
+    /// `--allow-unauthenticated` without a key: reference clients (curl,
+    /// raw sockets) and unkeyed peers.
+    Unauthenticated,
+    /// No auth flag at all (the daemon's own default applies).
+    Flags,
+}
+
 /// Options for one http-disk-server.
 #[derive(Debug, Clone)]
 pub struct DiskServerConfig {
@@ -327,6 +395,7 @@ pub struct DiskServerConfig {
     pub profile: Profile,
     /// Extra environment (e.g. the watchdog's `NOTIFY_SOCKET`).
     pub env: Vec<(&'static str, String)>,
+    pub auth: ServerAuth,
 }
 
 impl DiskServerConfig {
@@ -339,6 +408,7 @@ impl DiskServerConfig {
             extra: Vec::new(),
             profile: Profile::Debug,
             env: Vec::new(),
+            auth: ServerAuth::KeyFile(test_key_file()),
         }
     }
 
@@ -357,6 +427,13 @@ impl DiskServerConfig {
         ];
         if let Some(a) = &self.arbiter {
             args.extend(["--arbiter".into(), a.clone()]);
+        }
+        match &self.auth {
+            ServerAuth::KeyFile(p) => {
+                args.extend(["--auth-key-file".into(), p.display().to_string()])
+            }
+            ServerAuth::Unauthenticated => args.push("--allow-unauthenticated".into()),
+            ServerAuth::Flags => {}
         }
         args.extend(self.extra.iter().cloned());
         args
@@ -382,6 +459,9 @@ pub struct NbdServerConfig {
     pub device_size: Option<u64>,
     pub extra: Vec<String>,
     pub profile: Profile,
+    /// `--auth-key-file` (default: [`test_key_file`]); None passes no
+    /// auth flag (unsigned requests unless the default key path exists).
+    pub auth_key_file: Option<PathBuf>,
 }
 
 impl NbdServerConfig {
@@ -393,6 +473,7 @@ impl NbdServerConfig {
             device_size: None,
             extra: Vec::new(),
             profile: Profile::Debug,
+            auth_key_file: Some(test_key_file()),
         }
     }
 
@@ -412,6 +493,9 @@ impl NbdServerConfig {
         ];
         if let Some(size) = self.device_size {
             args.extend(["--device-size".into(), size.to_string()]);
+        }
+        if let Some(key) = &self.auth_key_file {
+            args.extend(["--auth-key-file".into(), key.display().to_string()]);
         }
         args.extend(self.extra.iter().cloned());
         args

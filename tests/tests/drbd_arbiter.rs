@@ -214,6 +214,8 @@ esac
 fn start(disk: &TempDisk, fake: &FakeDrbd, extra: &[&str]) -> (Daemon, DiskServerConfig) {
     let mut cfg = DiskServerConfig::new(&disk.path);
     cfg.arbiter = Some("drbd".into());
+    // Raw unsigned requests below: compatibility mode.
+    cfg.auth = heartbeat_tests::ServerAuth::Unauthenticated;
     cfg.extra = [
         "--drbd-resource",
         "r0",

@@ -135,6 +135,8 @@ fn curl(args: &[&str]) -> (String, Vec<u8>) {
 fn start(disk: &TempDisk, arbiter: &str, extra: &[&str]) -> (Daemon, DiskServerConfig) {
     let mut cfg = DiskServerConfig::new(&disk.path);
     cfg.arbiter = Some(arbiter.into());
+    // curl and raw sockets speak the reference protocol: compatibility mode.
+    cfg.auth = heartbeat_tests::ServerAuth::Unauthenticated;
     cfg.extra = extra.iter().map(|s| s.to_string()).collect();
     let d = start_disk_server(&cfg, disk.dir.path()).expect("start http-disk-server");
     (d, cfg)

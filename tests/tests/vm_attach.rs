@@ -58,6 +58,8 @@ fn xha_shim_attaches_the_kernel_device_and_detaches_it_in_a_vm() {
     let mut cfg = DiskServerConfig::new(&disk.path);
     cfg.arbiter = Some("none".into());
     cfg.profile = Profile::Release;
+    // The guest's nbd-http-server has no pool key (issue 7): compatibility mode.
+    cfg.auth = heartbeat_tests::ServerAuth::Unauthenticated;
     let server = start_disk_server(&cfg, disk.dir.path()).unwrap();
     let files = [
         binary("xha-shim", Profile::Release),

@@ -203,6 +203,8 @@ fn kernel_nbd_client_through_nbd_http_server_and_http_disk_server() {
     let mut disk_cfg = DiskServerConfig::new(&disk.path);
     disk_cfg.arbiter = Some("none".into());
     disk_cfg.profile = Profile::Release;
+    // The nbd-http-servers here run without a pool key (issue 7): compatibility mode.
+    disk_cfg.auth = heartbeat_tests::ServerAuth::Unauthenticated;
     let disk_server = start_disk_server(&disk_cfg, &dir).unwrap();
 
     let port = free_port();
@@ -382,6 +384,8 @@ fn host_disk_server(disk: &TempDisk, arbiter: &str) -> (Daemon, DiskServerConfig
     let mut cfg = DiskServerConfig::new(&disk.path);
     cfg.arbiter = Some(arbiter.into());
     cfg.profile = Profile::Release;
+    // The guest's nbd-http-server has no pool key (issue 7): compatibility mode.
+    cfg.auth = heartbeat_tests::ServerAuth::Unauthenticated;
     let d = start_disk_server(&cfg, disk.dir.path()).unwrap();
     (d, cfg)
 }

@@ -154,6 +154,24 @@ struct LocalCluster {
     sockets: Vec<PathBuf>,
 }
 
+/// The demo pool's key file, inside its temp directory.
+const POOL_KEY_FILE: &str = "pool.key";
+
+/// Write a fresh random pool key (`id:hex`, mode 0600).
+fn write_pool_key(path: &std::path::Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let secret: [u8; 32] = rand::random();
+    let line = format!("demo:{}\n", heartbeat_wire::auth::encode_hex(&secret));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .with_context(|| format!("creating the demo's pool key {}", path.display()))
+}
+
 impl LocalCluster {
     fn create(binaries: DaemonBinaries, servers: usize, keep_dir: bool) -> Result<Self> {
         // Removed by our own Drop unless kept, so a failed run can keep its logs.
@@ -162,6 +180,9 @@ impl LocalCluster {
             .tempdir()
             .context("creating the demo's temp directory")?
             .keep();
+        // The daemons authenticate block requests with a pool key (SECURITY.md);
+        // the demo's pool gets its own, mode 0600, in its temp directory.
+        write_pool_key(&dir.join(POOL_KEY_FILE))?;
         let disk = dir.join("statefile.img");
         std::fs::File::create(&disk)
             .and_then(|f| f.set_len(STATEFILE_VOLUME_BYTES))
@@ -209,6 +230,8 @@ impl LocalCluster {
             slot.port.to_string(),
             "--arbiter".into(),
             "file".into(),
+            "--auth-key-file".into(),
+            self.dir.join(POOL_KEY_FILE).display().to_string(),
         ];
         let mut d = LocalDaemon::spawn(
             HTTP_DISK_SERVER,
@@ -238,6 +261,8 @@ impl LocalCluster {
             // /dev/nbdN (and one /dev/http-nbd/statefile link for all) on
             // the machine running the demo would only get in the way.
             "--no-attach".into(),
+            "--auth-key-file".into(),
+            self.dir.join(POOL_KEY_FILE).display().to_string(),
         ];
         let log = self.dir.join(format!("nbd-http-server-{host}.log"));
         let mut d =

@@ -171,6 +171,10 @@ struct AttachArgs {
     /// prints the socket's URI, nbd+unix:///VOLUME?socket=RUN-DIR/VOLUME.socket
     #[arg(long)]
     no_kernel_device: bool,
+    /// Pool key file for both daemons (`--auth-key-file`; default: theirs,
+    /// /etc/xha-heartbeat/pool.key if it exists). See SECURITY.md.
+    #[arg(long)]
+    auth_key_file: Option<PathBuf>,
     /// Extra argument for http-disk-server (repeatable), e.g.
     /// --http-disk-server-arg=--drbd-promote=auto
     #[arg(long = "http-disk-server-arg", allow_hyphen_values = true)]
@@ -429,8 +433,8 @@ fn attach(a: AttachArgs) -> Result<ExitCode> {
         ready_timeout: seconds("timeout-s", a.timeout_s)?,
         stop_timeout: seconds("stop-timeout-s", a.stop_timeout_s)?,
         binaries: DaemonBinaries::locate(a.bin_dir.as_deref())?,
-        http_disk_server_args: a.http_disk_server_args,
-        nbd_http_server_args: a.nbd_http_server_args,
+        http_disk_server_args: with_key(a.http_disk_server_args, a.auth_key_file.as_deref())?,
+        nbd_http_server_args: with_key(a.nbd_http_server_args, a.auth_key_file.as_deref())?,
     };
     let done = attach(&cfg)?;
     let say = |name: &str, s: DaemonState| match s {
@@ -639,4 +643,15 @@ fn heartbeat(a: HeartbeatArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `args` plus `--auth-key-file=ABSOLUTE-PATH` when a key file is given
+/// (absolute: the daemons may run from another directory).
+fn with_key(mut args: Vec<String>, key: Option<&std::path::Path>) -> Result<Vec<String>> {
+    if let Some(k) = key {
+        let k =
+            std::path::absolute(k).with_context(|| format!("making {} absolute", k.display()))?;
+        args.insert(0, format!("--auth-key-file={}", k.display()));
+    }
+    Ok(args)
 }

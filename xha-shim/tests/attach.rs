@@ -69,6 +69,20 @@ impl Volume {
         build_daemons();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("disk"), vec![0u8; 4 << 20]).unwrap();
+        // The daemons need a pool key (SECURITY.md): one per volume, mode 0600.
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let secret: [u8; 32] = rand::random();
+            let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dir.path().join("pool.key"))
+                .and_then(|mut f| writeln!(f, "test:{hex}"))
+                .unwrap();
+        }
         Volume {
             dir,
             name,
@@ -102,6 +116,8 @@ impl Volume {
             "--link-dir",
             &self.path("links").display().to_string(),
             "--no-kernel-device",
+            "--auth-key-file",
+            &self.path("pool.key").display().to_string(),
         ]
         .map(String::from)
         .to_vec()

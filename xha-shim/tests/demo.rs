@@ -180,6 +180,8 @@ impl DiskServer {
             .arg(disk)
             .args(["--ip", "127.0.0.1", "--port", &port.to_string()])
             .args(["--arbiter", "file"])
+            // Only /v1/status is asked here, which needs no pool key.
+            .arg("--allow-unauthenticated")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(log).unwrap())

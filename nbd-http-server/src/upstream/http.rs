@@ -51,6 +51,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use heartbeat_wire::auth::PoolKey;
+
 use super::http1::{Endpoint, Pool, Request, Response};
 use super::{Upstream, UpstreamError};
 
@@ -97,6 +99,9 @@ pub struct HttpUpstreamConfig {
     pub probe_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Pool key every request (probes included) is signed with; None sends
+    /// unsigned requests (reference servers, compatibility mode).
+    pub auth: Option<Arc<PoolKey>>,
 }
 
 impl HttpUpstreamConfig {
@@ -111,6 +116,7 @@ impl HttpUpstreamConfig {
             probe_timeout: connect_timeout + Duration::from_millis(300),
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_millis(200),
+            auth: None,
         }
     }
 
@@ -241,6 +247,7 @@ impl HttpUpstream {
             .send(
                 &target.endpoint,
                 &Request::Head,
+                self.config.auth.as_deref(),
                 self.config.connect_timeout,
                 attempt,
             )
@@ -271,6 +278,7 @@ impl HttpUpstream {
                     .send(
                         &target.endpoint,
                         &request,
+                        self.config.auth.as_deref(),
                         self.config.connect_timeout,
                         attempt_deadline,
                     )
@@ -426,11 +434,18 @@ impl HttpUpstream {
             let mut set = JoinSet::new();
             for ep in wave.drain(..) {
                 let connect_timeout = self.config.connect_timeout;
+                let auth = self.config.auth.clone();
                 let probe_deadline = deadline.min(Instant::now() + self.config.probe_timeout);
                 set.spawn(async move {
                     let pool = Pool::default();
                     let r = pool
-                        .send(&ep, &Request::Head, connect_timeout, probe_deadline)
+                        .send(
+                            &ep,
+                            &Request::Head,
+                            auth.as_deref(),
+                            connect_timeout,
+                            probe_deadline,
+                        )
                         .await;
                     (ep, r)
                 });

@@ -21,6 +21,7 @@ use std::io;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use heartbeat_wire::auth::{self, PoolKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -112,7 +113,9 @@ impl Request<'_> {
         }
     }
 
-    fn encode(&self, endpoint: &Endpoint) -> Vec<u8> {
+    /// The request bytes; with `auth`, signed with that pool key
+    /// (`x-heartbeat-auth`, see [`heartbeat_wire::auth`]).
+    fn encode(&self, endpoint: &Endpoint, auth: Option<&PoolKey>) -> Vec<u8> {
         use std::io::Write;
         let body: &[u8] = match self {
             Request::Put { data, .. } => data,
@@ -126,20 +129,37 @@ impl Request<'_> {
             endpoint.path,
             endpoint.authority
         );
-        match self {
-            Request::Head => {}
+        let range = match self {
+            Request::Head => String::new(),
             Request::Get { offset, len } => {
                 let last = offset + *len as u64 - 1;
-                let _ = write!(out, "Range: bytes={offset}-{last}\r\n");
+                let range = format!("bytes={offset}-{last}");
+                let _ = write!(out, "Range: {range}\r\n");
+                range
             }
             Request::Put { offset, data } => {
                 let last = offset + data.len() as u64 - 1;
+                let range = format!("bytes {offset}-{last}/*");
                 let _ = write!(
                     out,
-                    "Content-Range: bytes {offset}-{last}/*\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n",
+                    "Content-Range: {range}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n",
                     data.len()
                 );
+                range
             }
+        };
+        if let Some(key) = auth {
+            let parts = auth::SignedParts {
+                method: self.method(),
+                path: &endpoint.path,
+                range: &range,
+            };
+            let _ = write!(
+                out,
+                "{}: {}\r\n",
+                auth::HEADER_AUTH,
+                auth::sign(key, &parts, body)
+            );
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(body);
@@ -207,8 +227,9 @@ impl Connection {
         &mut self,
         endpoint: &Endpoint,
         request: &Request<'_>,
+        auth: Option<&PoolKey>,
     ) -> Result<Response, HttpError> {
-        let bytes = request.encode(endpoint);
+        let bytes = request.encode(endpoint, auth);
         self.stream.write_all(&bytes).await?;
         loop {
             let resp = self.read_response(matches!(request, Request::Head)).await?;
@@ -434,12 +455,13 @@ impl Pool {
         &self,
         endpoint: &Endpoint,
         request: &Request<'_>,
+        auth: Option<&PoolKey>,
         connect_timeout: Duration,
         deadline: Instant,
     ) -> Result<Response, HttpError> {
         let work = async {
             if let Some(mut conn) = self.take() {
-                match conn.exchange(endpoint, request).await {
+                match conn.exchange(endpoint, request, auth).await {
                     Ok(resp) => return self.finish(conn, resp),
                     Err(HttpError::ClosedBeforeAnswer) => {}
                     Err(HttpError::Io(e))
@@ -453,7 +475,7 @@ impl Pool {
                 }
             }
             let mut conn = Connection::connect(endpoint, connect_timeout).await?;
-            let resp = conn.exchange(endpoint, request).await?;
+            let resp = conn.exchange(endpoint, request, auth).await?;
             self.finish(conn, resp)
         };
         match tokio::time::timeout_at(deadline, work).await {
@@ -505,7 +527,7 @@ mod tests {
                 offset: 512,
                 len: 1024,
             }
-            .encode(&e),
+            .encode(&e, None),
         )
         .unwrap();
         assert_eq!(
@@ -516,13 +538,44 @@ mod tests {
             offset: 0,
             data: b"abc",
         }
-        .encode(&e);
+        .encode(&e, None);
         let put = String::from_utf8(put).unwrap();
         assert!(put.starts_with("PUT / HTTP/1.1\r\n"));
         assert!(put.contains("Content-Range: bytes 0-2/*\r\n"));
         assert!(put.contains("Content-Length: 3\r\n"));
         assert!(!put.to_ascii_lowercase().contains("expect"));
         assert!(put.ends_with("\r\n\r\nabc"));
+    }
+
+    #[test]
+    fn signed_requests_verify_on_the_server_side() {
+        use heartbeat_wire::auth::{PoolKeys, SignedParts, Verifier};
+        let keys = PoolKeys::parse(
+            "k1:00112233445566778899aabbccddeeff",
+            std::path::Path::new("t"),
+        )
+        .unwrap();
+        let e = Endpoint::parse("http://10.0.0.1:8076").unwrap();
+        let put = Request::Put {
+            offset: 512,
+            data: b"abc",
+        }
+        .encode(&e, Some(keys.signing_key()));
+        let text = String::from_utf8(put).unwrap();
+        let header = text
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix("x-heartbeat-auth: "))
+            .expect("signed");
+        let v = Verifier::new(keys, auth::DEFAULT_WINDOW, 10);
+        let parts = SignedParts {
+            method: "PUT",
+            path: "/",
+            range: "bytes 512-514/*",
+        };
+        v.check(&parts, Some(header), auth::unix_ms_now(), true)
+            .unwrap()
+            .check_body(b"abc")
+            .unwrap();
     }
 
     #[test]
