@@ -391,7 +391,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     drop(stream);
                     refused_since_log += 1;
                     let now = tokio::time::Instant::now();
-                    if last_refusal_log.map_or(true, |t| now - t >= Duration::from_secs(10)) {
+                    if !matches!(last_refusal_log, Some(t) if now - t < Duration::from_secs(10)) {
                         tracing::warn!(%peer, refused = refused_since_log, open = connections.open(), max_connections = max_conns, max_connections_per_ip = max_per_ip, "connection limit reached: closing new connections");
                         refused_since_log = 0;
                         last_refusal_log = Some(now);
