@@ -144,6 +144,12 @@ def http_seeds():
     for i, (name, data) in enumerate(sessions.items()):
         write("http_disk_service", name, bytes([0]) + struct.pack(">H", i * 53) + data)
     write("http_disk_service", "standby", bytes([1, 0, 0]) + sessions["head-get-put"])
+    # Under a pool key: mode bits 1-2 = 1 (compat) and 2 (required).
+    auth = "v1 key=k1 ts=1700000000000 nonce=%s sha256=%s mac=%s" % ("0f" * 16, "e3" * 32, "5a" * 32)
+    signed = req("GET", [("range", "bytes=0-511"), ("x-heartbeat-auth", auth)])
+    signed += req("PUT", [("content-range", "bytes 0-3/*"), ("content-length", "4"), ("x-heartbeat-auth", auth)], b"abcd")
+    write("http_disk_service", "compat-signed", bytes([2, 0, 7]) + signed + req("HEAD"))
+    write("http_disk_service", "required-unsigned", bytes([4, 0, 9]) + sessions["head-get-put"] + signed)
 
 
 # --- DRBD -------------------------------------------------------------------

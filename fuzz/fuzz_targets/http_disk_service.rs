@@ -3,7 +3,10 @@
 //! fed arbitrary request bytes in arbitrary chunkings, over an in-memory disk.
 //!
 //! Input: `[mode: u8][chunking seed: u16][request bytes...]`; mode bit 0
-//! picks a standby server (the gate never granted) instead of a serving one.
+//! picks a standby server (the gate never granted) instead of a serving one,
+//! bits 1-2 the authentication policy: off (reference clients), compat (a
+//! pool key; requests without `x-heartbeat-auth` are served, those with it
+//! must verify) or required.
 //!
 //! Invariants, checked on every response the service returns:
 //! - no panic, no hang (the connection finishes within 4 s after the client
@@ -12,7 +15,9 @@
 //!   writes exactly its Content-Range when answered 200 and nothing
 //!   otherwise;
 //! - status codes are the protocol's (no 500 from a healthy disk, 503 only
-//!   from the standby, with its hint); every response carries the role and
+//!   from the standby, with its hint, 401 only under a key); a block request
+//!   carrying an `x-heartbeat-auth` header (which the fuzzer cannot sign), or
+//!   none when the key is required, is never served; every response carries the role and
 //!   epoch headers and a Content-Length equal to its body (HEAD /: the disk
 //!   size with no body);
 //! - a 206 carries `Content-Range: bytes a-b/<size>` matching its body, which
@@ -32,7 +37,8 @@ use http_body_util::{BodyExt, Full};
 use http_disk_server::arbiter::Grant;
 use http_disk_server::disk::{Disk, DiskError};
 use http_disk_server::gate::{DiskOpener, Gate};
-use http_disk_server::http::{DiskService, HttpConfig};
+use heartbeat_wire::auth::{PoolKey, PoolKeys, Verifier, HEADER_AUTH};
+use http_disk_server::http::{AuthPolicy, DiskService, HttpConfig};
 use http_disk_server::liveness::{DiskHealth, FreezeDetector};
 use http_disk_server::range_lock::RangeLock;
 use hyper::body::Incoming;
@@ -86,15 +92,35 @@ impl Disk for MemDisk {
     }
 }
 
+/// Which authentication policy a service runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    Off,
+    Compat,
+    Required,
+}
+
 struct Fixture {
     rt: tokio::runtime::Runtime,
     disk: Arc<MemDisk>,
-    serving: Arc<DiskService>,
-    standby: Arc<DiskService>,
+    /// Indexed by `[standby as usize][Auth as usize]`.
+    services: Vec<Vec<Arc<DiskService>>>,
     _grants: Vec<watch::Sender<Grant>>,
 }
 
-fn service(rt: &tokio::runtime::Runtime, grant: Grant, disk: Arc<MemDisk>) -> (Arc<DiskService>, watch::Sender<Grant>) {
+fn policy(auth: Auth) -> AuthPolicy {
+    let verifier = || {
+        let key = PoolKey::new("k1", b"fuzzing-pool-key-0123456789abcdef").unwrap();
+        Arc::new(Verifier::new(PoolKeys::new(vec![key]).unwrap(), Duration::from_secs(30), 1024))
+    };
+    match auth {
+        Auth::Off => AuthPolicy::Off,
+        Auth::Compat => AuthPolicy::Compat(verifier()),
+        Auth::Required => AuthPolicy::Required(verifier()),
+    }
+}
+
+fn service(rt: &tokio::runtime::Runtime, grant: Grant, auth: Auth, disk: Arc<MemDisk>) -> (Arc<DiskService>, watch::Sender<Grant>) {
     let (step_tx, _step_rx) = mpsc::unbounded_channel();
     let gate = Gate::new(step_tx, Duration::from_secs(1));
     let serving = matches!(grant, Grant::Serving { .. });
@@ -119,6 +145,7 @@ fn service(rt: &tokio::runtime::Runtime, grant: Grant, disk: Arc<MemDisk>) -> (A
             body_idle_timeout: Duration::from_secs(30),
             probed_size: DISK_SIZE,
         },
+        auth: policy(auth),
         gate,
         locks: RangeLock::new(),
         metrics: Default::default(),
@@ -141,21 +168,30 @@ fn fixture() -> &'static Fixture {
             bytes: Mutex::new(pattern),
             writes: Mutex::new(Vec::new()),
         });
-        let (serving, g1) = service(&rt, Grant::Serving { epoch: 7 }, Arc::clone(&disk));
-        let (standby, g2) = service(
-            &rt,
-            Grant::Standby {
-                reason: "fuzzing the standby".into(),
-                serving_url: Some(PEER_URL.into()),
-            },
-            Arc::clone(&disk),
-        );
+        let mut services = Vec::new();
+        let mut grants = Vec::new();
+        for standby in [false, true] {
+            let mut row = Vec::new();
+            for auth in [Auth::Off, Auth::Compat, Auth::Required] {
+                let grant = if standby {
+                    Grant::Standby {
+                        reason: "fuzzing the standby".into(),
+                        serving_url: Some(PEER_URL.into()),
+                    }
+                } else {
+                    Grant::Serving { epoch: 7 }
+                };
+                let (svc, g) = service(&rt, grant, auth, Arc::clone(&disk));
+                row.push(svc);
+                grants.push(g);
+            }
+            services.push(row);
+        }
         Fixture {
             rt,
             disk,
-            serving,
-            standby,
-            _grants: vec![g1, g2],
+            services,
+            _grants: grants,
         }
     })
 }
@@ -166,13 +202,14 @@ struct Asked {
     path: String,
     range: Option<HeaderValue>,
     content_range: Option<HeaderValue>,
+    signed: bool,
 }
 
 fn header<'a>(resp: &'a Response<Full<Bytes>>, name: impl header::AsHeaderName) -> Option<&'a str> {
     resp.headers().get(name).map(|v| v.to_str().expect("response header is visible ASCII"))
 }
 
-fn check(asked: &Asked, standby: bool, resp: &Response<Full<Bytes>>, body: &Bytes, disk: &MemDisk) {
+fn check(asked: &Asked, standby: bool, auth: Auth, resp: &Response<Full<Bytes>>, body: &Bytes, disk: &MemDisk) {
     let status = resp.status();
     let writes = std::mem::take(&mut *disk.writes.lock().unwrap());
     let on_disk = asked.path == "/";
@@ -198,14 +235,31 @@ fn check(asked: &Asked, standby: bool, resp: &Response<Full<Bytes>>, body: &Byte
         StatusCode::PAYLOAD_TOO_LARGE,
         StatusCode::RANGE_NOT_SATISFIABLE,
         StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::UNAUTHORIZED,
     ];
     assert!(allowed.contains(&status), "unexpected status {status} for {} {}", asked.method, asked.path);
     if status == StatusCode::SERVICE_UNAVAILABLE {
         assert!(standby, "a serving server answered 503");
         assert_eq!(header(resp, HEADER_SERVING_URL), Some(PEER_URL), "503 without the hint");
     }
-    if standby && on_disk && [Method::GET, Method::PUT, Method::HEAD].contains(&asked.method) {
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "standby served the disk");
+    let block_request = on_disk && [Method::GET, Method::PUT, Method::HEAD].contains(&asked.method);
+    if status == StatusCode::UNAUTHORIZED {
+        assert!(auth != Auth::Off && block_request, "401 for {} {} under {auth:?}", asked.method, asked.path);
+    }
+    // Nobody can sign without the pool key, so these must all be refused.
+    let must_refuse = match auth {
+        Auth::Off => false,
+        Auth::Compat => asked.signed,
+        Auth::Required => true,
+    };
+    if must_refuse && block_request {
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "unauthenticated {} served under {auth:?}", asked.method);
+    }
+    if standby && block_request {
+        assert!(
+            [StatusCode::SERVICE_UNAVAILABLE, StatusCode::UNAUTHORIZED].contains(&status),
+            "standby served the disk"
+        );
     }
     if asked.method != Method::PUT || status != StatusCode::OK {
         assert!(writes.is_empty(), "{} answered {status} but wrote {writes:?}", asked.method);
@@ -239,7 +293,7 @@ fn check(asked: &Asked, standby: bool, resp: &Response<Full<Bytes>>, body: &Byte
     }
 }
 
-async fn drive(svc: Arc<DiskService>, standby: bool, disk: Arc<MemDisk>, bytes: &[u8], chunks: &[usize]) -> Vec<u8> {
+async fn drive(svc: Arc<DiskService>, standby: bool, auth: Auth, disk: Arc<MemDisk>, bytes: &[u8], chunks: &[usize]) -> Vec<u8> {
     let (client, server) = tokio::io::duplex(16 * 1024);
     let handler = service_fn(move |req: Request<Incoming>| {
         let svc = Arc::clone(&svc);
@@ -250,6 +304,7 @@ async fn drive(svc: Arc<DiskService>, standby: bool, disk: Arc<MemDisk>, bytes: 
                 path: req.uri().path().to_owned(),
                 range: req.headers().get(header::RANGE).cloned(),
                 content_range: req.headers().get(header::CONTENT_RANGE).cloned(),
+                signed: req.headers().contains_key(HEADER_AUTH),
             };
             disk.writes.lock().unwrap().clear();
             let resp = svc.handle(req).await?;
@@ -257,7 +312,7 @@ async fn drive(svc: Arc<DiskService>, standby: bool, disk: Arc<MemDisk>, bytes: 
             let body = body.collect().await?.to_bytes();
             let resp = Response::from_parts(parts, Full::new(body.clone()));
             if std::env::var_os("FUZZ_DEBUG").is_some() { eprintln!("{} {} -> {} {:?}", asked.method, asked.path, resp.status(), body); }
-            check(&asked, standby, &resp, &body, &disk);
+            check(&asked, standby, auth, &resp, &body, &disk);
             Ok::<_, Infallible>(resp)
         }
     });
@@ -291,7 +346,9 @@ async fn drive(svc: Arc<DiskService>, standby: bool, disk: Arc<MemDisk>, bytes: 
 fuzz_target!(|data: &[u8]| {
     let f = fixture();
     let mut input = Input::new(data);
-    let standby = input.u8() & 1 == 1;
+    let mode = input.u8();
+    let standby = mode & 1 == 1;
+    let auth = [Auth::Off, Auth::Compat, Auth::Required, Auth::Off][(mode >> 1 & 3) as usize];
     let seed = input.u16();
     let bytes = input.rest();
     // heartbeat-wire range.rs: `ByteRange::len` overflows for 0-(2^64-1),
@@ -299,10 +356,10 @@ fuzz_target!(|data: &[u8]| {
     if known_bug("range-len-overflow") && bytes.windows(20).any(|w| w == b"18446744073709551615") {
         return;
     }
-    let svc = Arc::clone(if standby { &f.standby } else { &f.serving });
+    let svc = Arc::clone(&f.services[standby as usize][auth as usize]);
     let chunks = chunk_sizes(seed, bytes.len());
     let out = f.rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(4), drive(svc, standby, Arc::clone(&f.disk), bytes, &chunks))
+        tokio::time::timeout(Duration::from_secs(4), drive(svc, standby, auth, Arc::clone(&f.disk), bytes, &chunks))
             .await
             .expect("the connection did not finish within 4 s after the client stopped sending")
     });
