@@ -355,6 +355,22 @@ fn status_of(port: u16) -> Option<heartbeat_wire::ServerStatus> {
     serde_json::from_slice(&r.body).ok()
 }
 
+/// A lone server must already serve when it says `Server ready!`: the
+/// storage driver starts using it on that line (drop-in compatibility).
+#[test]
+fn a_lone_file_arbiter_server_serves_as_soon_as_it_is_ready() {
+    for seed in 0..5 {
+        let disk = TempDisk::random(SIZE, 40 + seed);
+        let (_d, cfg) = start(&disk, "file", &[]);
+        let r = raw(cfg.port, b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(
+            r.status, 200,
+            "round {seed}: first request after `Server ready!`"
+        );
+        assert_eq!(r.header("x-heartbeat-role"), Some("serving"));
+    }
+}
+
 #[test]
 fn file_arbiter_standby_then_takeover_after_sigkill() {
     let disk = TempDisk::random(SIZE, 5);

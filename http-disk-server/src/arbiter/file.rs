@@ -104,9 +104,17 @@ pub fn default_epoch_path(disk: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Block until this new open file description holds a write lock on the
-/// whole file. Runs on a dedicated thread.
-fn lock_blocking(path: &Path) -> std::io::Result<File> {
+/// How a lock attempt waits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LockWait {
+    /// Return at once; `Ok(None)` when another description holds the lock.
+    No,
+    /// Block until the lock is ours (on a dedicated thread).
+    Yes,
+}
+
+/// Take a write lock on the whole file with a new open file description.
+fn lock_file(path: &Path, wait: LockWait) -> std::io::Result<Option<File>> {
     let file = OpenOptions::new().read(true).write(true).open(path)?;
     // SAFETY: zeroed flock is a valid value; we fill the fields we need.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
@@ -115,15 +123,21 @@ fn lock_blocking(path: &Path) -> std::io::Result<File> {
     fl.l_start = 0;
     fl.l_len = 0; // to the end of the file, however large it grows
     fl.l_pid = 0; // required for OFD locks
+    let cmd = match wait {
+        LockWait::No => libc::F_OFD_SETLK,
+        LockWait::Yes => libc::F_OFD_SETLKW,
+    };
     loop {
         // SAFETY: valid fd and a valid flock pointer.
-        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLKW, &fl) };
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &fl) };
         if rc == 0 {
-            return Ok(file);
+            return Ok(Some(file));
         }
         let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err);
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) | Some(libc::EACCES) if wait == LockWait::No => return Ok(None),
+            _ => return Err(err),
         }
     }
 }
@@ -154,31 +168,59 @@ impl FileArbiter {
         }
     }
 
+    /// Wait as a standby until the lock is ours. `None` when shutdown came first.
+    async fn wait_for_lock(
+        &self,
+        ctx: &mut ArbiterContext,
+    ) -> anyhow::Result<Option<std::io::Result<File>>> {
+        ctx.publish(self.standby_grant(&ctx.advertise_url));
+        let (tx, mut rx) = oneshot::channel();
+        let path = self.lock_path.clone();
+        // A plain thread, not spawn_blocking: it may block forever, and
+        // the runtime must not wait for it at shutdown. If we stop
+        // waiting, the send fails, the File drops, and the lock goes.
+        std::thread::Builder::new()
+            .name("file-arbiter-lock".into())
+            .spawn(move || {
+                let locked = lock_file(&path, LockWait::Yes).and_then(|f| {
+                    f.ok_or_else(|| {
+                        std::io::Error::other("blocking lock returned without the lock")
+                    })
+                });
+                let _ = tx.send(locked);
+            })
+            .context("cannot start the file lock thread")?;
+        loop {
+            tokio::select! {
+                r = &mut rx => return Ok(Some(r.context("file lock thread vanished")?)),
+                _ = super::shutdown_signal(&mut ctx.shutdown) => {
+                    ctx.publish(Grant::standby("shutting down"));
+                    return Ok(None);
+                }
+                _ = tokio::time::sleep(HINT_REFRESH) => {
+                    ctx.publish(self.standby_grant(&ctx.advertise_url));
+                }
+            }
+        }
+    }
+
     async fn run_inner(self, mut ctx: ArbiterContext) -> anyhow::Result<()> {
         loop {
-            ctx.publish(self.standby_grant(&ctx.advertise_url));
-            let (tx, mut rx) = oneshot::channel();
-            let path = self.lock_path.clone();
-            // A plain thread, not spawn_blocking: it may block forever, and
-            // the runtime must not wait for it at shutdown. If we stop
-            // waiting, the send fails, the File drops, and the lock goes.
-            std::thread::Builder::new()
-                .name("file-arbiter-lock".into())
-                .spawn(move || {
-                    let _ = tx.send(lock_blocking(&path));
-                })
-                .context("cannot start the file lock thread")?;
-            let lock = loop {
-                tokio::select! {
-                    r = &mut rx => break r.context("file lock thread vanished")?,
-                    _ = super::shutdown_signal(&mut ctx.shutdown) => {
-                        ctx.publish(Grant::standby("shutting down"));
-                        return Ok(());
-                    }
-                    _ = tokio::time::sleep(HINT_REFRESH) => {
-                        ctx.publish(self.standby_grant(&ctx.advertise_url));
-                    }
-                }
+            // Try without waiting first, so that a free lock is taken before
+            // the first decision is published: a lone server then says
+            // `Server ready!` as a server that serves, not as a standby.
+            let lock_path = self.lock_path.clone();
+            let first_try =
+                tokio::task::spawn_blocking(move || lock_file(&lock_path, LockWait::No))
+                    .await
+                    .context("file lock attempt panicked")?;
+            let lock = match first_try {
+                Ok(Some(file)) => Ok(file),
+                Ok(None) => match self.wait_for_lock(&mut ctx).await? {
+                    Some(lock) => lock,
+                    None => return Ok(()), // shutdown while waiting
+                },
+                Err(e) => Err(e),
             };
             let lock = lock.with_context(|| {
                 format!(
