@@ -3,7 +3,8 @@
 //! (b) `nbdkit file` on the same file (the no-proxy limit), plain and with
 //!     every write forced to FUA (a durable write, which ours always is).
 //!
-//! Prints p50/p99 completion latency at queue depth 1, IOPS at queue depth 8
+//! Prints p50/p99 total latency (fio's `lat`: submission plus completion) at
+//! queue depth 1, IOPS at queue depth 8
 //! and with three clients at once, and the ratios the data-path issue sets as
 //! bars. Usage:
 //!   cargo run --release -p heartbeat-tests --bin bench-datapath -- [--seconds N] [--markdown]
@@ -73,6 +74,7 @@ fn run_fio(uri: &str, point: Point, seconds: u64) -> Result<Measured> {
         &format!("--runtime={seconds}"),
         "--ramp_time=1",
         "--randrepeat=0",
+        "--lat_percentiles=1",
         "--output-format=json",
     ]);
     let (status, out, err) = run_with_timeout(&mut cmd, Duration::from_secs(seconds + 60))?;
@@ -83,7 +85,11 @@ fn run_fio(uri: &str, point: Point, seconds: u64) -> Result<Measured> {
     let doc: serde_json::Value =
         serde_json::from_str(&out[json_start..]).context("parse fio JSON")?;
     let job = &doc["jobs"][0][point.op.json_key()];
-    let pct = |p: &str| job["clat_ns"]["percentile"][p].as_f64().unwrap_or(f64::NAN) / 1000.0;
+    // Total latency, not completion latency: with the nbd engine a reply can
+    // arrive while fio is still inside the submit call, and `clat` then
+    // shows impossible figures (a 12 us round trip through two daemons).
+    // `lat_ns` carries percentiles only with --lat_percentiles=1.
+    let pct = |p: &str| job["lat_ns"]["percentile"][p].as_f64().unwrap_or(f64::NAN) / 1000.0;
     if job["total_ios"].as_u64().unwrap_or(0) == 0 {
         bail!("fio completed no I/O for {point:?} on {uri}: {err}");
     }
@@ -255,7 +261,7 @@ fn print_report(rows: &[Row], seconds: u64, markdown: bool) {
     let or_dash = |m: Option<Measured>, f: &dyn Fn(&Measured) -> String| {
         m.as_ref().map(f).unwrap_or_else(|| "-".into())
     };
-    println!("\nfio nbd engine, {seconds} s per point, 4 MiB file; latency = completion latency in microseconds\n");
+    println!("\nfio nbd engine, {seconds} s per point, 4 MiB file; latency = total (submit + completion) latency in microseconds\n");
     if markdown {
         println!("| point | ours p50 / p99 | nbdkit p50 / p99 | nbdkit+FUA p50 / p99 | ours IOPS | nbdkit IOPS | nbdkit+FUA IOPS | ratio | bar |");
         println!("|---|---|---|---|---|---|---|---|---|");
