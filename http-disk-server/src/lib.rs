@@ -123,6 +123,11 @@ pub struct Args {
     /// changed keys).
     #[arg(long)]
     pub drbd_events2_plain: bool,
+    /// DRBD arbiter: the DRBD kernel generation. 8.4's drbdsetup addresses
+    /// `primary`/`secondary` by the device minor (taken from --disk) and has
+    /// no `events2 --full`; auto reads /proc/drbd.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub drbd_kernel: arbiter::drbd::DrbdKernel,
     /// Pool key file (lines `id:hex`, mode 0600): every block request must
     /// carry a MAC made with one of its keys. Default: /etc/xha-heartbeat/pool.key
     /// if it exists. See SECURITY.md for creating and rotating it.
@@ -283,6 +288,7 @@ pub fn make_arbiter(args: &Args, probe: &DiskProbe) -> anyhow::Result<Box<dyn Ar
                     + Duration::from_secs(1),
                 derive_may_promote: args.drbd_derive_may_promote,
                 events2_plain: args.drbd_events2_plain,
+                kernel: args.drbd_kernel,
             },
         )),
     })

@@ -12,8 +12,11 @@
 //!   netlink failure, module not loaded): logged loudly;
 //! - anything else: failed.
 //!
-//! DRBD 8.4 note: `drbdsetup primary` there addresses a minor, not a
-//! resource name (`drbdsetup-84 primary 0`); callers pass the right target.
+//! DRBD 8.4 note: its `drbdsetup primary|secondary` addresses a minor, not
+//! a resource name (`drbdsetup primary 0`; with the resource name it exits 20,
+//! "Cannot determine minor"), and its `events2` knows no `--full`. The runner
+//! builds both forms from [`Drbdsetup::kernel`]; callers always pass the
+//! resource name. [`KernelGeneration::detect`] reads `/proc/drbd`.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -107,6 +110,42 @@ pub fn outcome<T>(result: &Result<T, DrbdsetupError>) -> CommandOutcome {
     }
 }
 
+/// Which DRBD kernel generation drbdsetup talks to: it decides how the
+/// state-change commands name the resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelGeneration {
+    /// DRBD 9: `drbdsetup primary <resource>`.
+    V9,
+    /// DRBD 8.4: `drbdsetup primary <minor>` (one volume per resource; the
+    /// minor of its device), no `events2 --full`, no `secondary --force`.
+    V84 { minor: u32 },
+}
+
+impl KernelGeneration {
+    /// Parse the `version:` line of `/proc/drbd` (`version: 8.4.11 (api:1/...`).
+    /// `Some(true)` for an 8.x kernel, `Some(false)` for 9 or later.
+    pub fn is_84_proc_drbd(text: &str) -> Option<bool> {
+        let line = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("version:"))?;
+        let version = line.split_whitespace().next()?;
+        let major: u32 = version.split('.').next()?.parse().ok()?;
+        Some(major < 9)
+    }
+
+    /// The loaded kernel module's generation, from `/proc/drbd`; `None` when
+    /// it cannot be read (module not loaded) or does not parse.
+    pub fn detect(minor: Option<u32>) -> Option<Self> {
+        let text = std::fs::read_to_string("/proc/drbd").ok()?;
+        Some(match Self::is_84_proc_drbd(&text)? {
+            true => KernelGeneration::V84 {
+                minor: minor.unwrap_or(0),
+            },
+            false => KernelGeneration::V9,
+        })
+    }
+}
+
 /// How to run drbdsetup.
 #[derive(Debug, Clone)]
 pub struct Drbdsetup {
@@ -116,8 +155,10 @@ pub struct Drbdsetup {
     /// seconds (twopc retries, waiting for a lost peer to be noticed).
     pub timeout: Duration,
     /// Run `events2` with `--full` (then the model must use
-    /// `ChangeLines::Full`).
+    /// `ChangeLines::Full`). Ignored for 8.4, which has no `--full`.
     pub events2_full: bool,
+    /// How `primary`/`secondary` name the resource.
+    pub kernel: KernelGeneration,
 }
 
 impl Default for Drbdsetup {
@@ -126,6 +167,7 @@ impl Default for Drbdsetup {
             binary: PathBuf::from("drbdsetup"),
             timeout: Duration::from_secs(10),
             events2_full: true,
+            kernel: KernelGeneration::V9,
         }
     }
 }
@@ -211,20 +253,51 @@ impl Drbdsetup {
         }
     }
 
-    /// `drbdsetup primary <target>` (never `--force`).
-    pub async fn primary(&self, target: &str) -> Result<(), DrbdsetupError> {
-        self.run(&["primary", target]).await.map(drop)
+    /// The arguments of a state change of `resource`: `primary r0` (DRBD 9)
+    /// or `primary 0` (8.4, the minor).
+    pub fn state_change_args(&self, change: StateChange, resource: &str) -> Vec<String> {
+        let target = match self.kernel {
+            KernelGeneration::V9 => resource.to_owned(),
+            KernelGeneration::V84 { minor } => minor.to_string(),
+        };
+        let words: &[&str] = match change {
+            StateChange::Primary => &["primary"],
+            StateChange::Secondary => &["secondary"],
+            StateChange::SecondaryForce => &["secondary", "--force"],
+        };
+        words
+            .iter()
+            .map(|w| (*w).to_owned())
+            .chain([target])
+            .collect()
     }
 
-    /// `drbdsetup secondary <target>`.
-    pub async fn secondary(&self, target: &str) -> Result<(), DrbdsetupError> {
-        self.run(&["secondary", target]).await.map(drop)
+    async fn state_change(
+        &self,
+        change: StateChange,
+        resource: &str,
+    ) -> Result<(), DrbdsetupError> {
+        let args = self.state_change_args(change, resource);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run(&args).await.map(drop)
     }
 
-    /// `drbdsetup secondary --force <target>`: DRBD fails the I/O of
-    /// remaining openers so the demotion goes through.
-    pub async fn secondary_force(&self, target: &str) -> Result<(), DrbdsetupError> {
-        self.run(&["secondary", "--force", target]).await.map(drop)
+    /// `drbdsetup primary <resource>` (never `--force`).
+    pub async fn primary(&self, resource: &str) -> Result<(), DrbdsetupError> {
+        self.state_change(StateChange::Primary, resource).await
+    }
+
+    /// `drbdsetup secondary <resource>`.
+    pub async fn secondary(&self, resource: &str) -> Result<(), DrbdsetupError> {
+        self.state_change(StateChange::Secondary, resource).await
+    }
+
+    /// `drbdsetup secondary --force <resource>`: DRBD fails the I/O of
+    /// remaining openers so the demotion goes through (DRBD 9 only: 8.4's
+    /// drbdsetup rejects the option, and the caller escalates).
+    pub async fn secondary_force(&self, resource: &str) -> Result<(), DrbdsetupError> {
+        self.state_change(StateChange::SecondaryForce, resource)
+            .await
     }
 
     /// `drbdsetup status <resource> --json`.
@@ -242,7 +315,7 @@ impl Drbdsetup {
     /// Start `drbdsetup events2 [--full] <resource>`.
     pub fn events2(&self, resource: &str) -> Result<Events2Child, DrbdsetupError> {
         let mut args = vec!["events2"];
-        if self.events2_full {
+        if self.events2_full && self.kernel == KernelGeneration::V9 {
             args.push("--full");
         }
         args.push(resource);
@@ -266,6 +339,14 @@ impl Drbdsetup {
             _child: child,
         })
     }
+}
+
+/// The state changes the election runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateChange {
+    Primary,
+    Secondary,
+    SecondaryForce,
 }
 
 /// A running `drbdsetup events2`; killed when dropped.
@@ -414,6 +495,7 @@ case "$1:$last" in
   events2:*) cat '{fixtures}/events2-v84-secondary-now.txt' '{fixtures}/events2-v84-failover-stream.txt'; exec sleep 30 ;;
   status:*) if [ "$2" = ok ]; then cat '{fixtures}/status-v9.json'; else echo '['; echo ']'; echo "$2: No such resource" >&2; exit 10; fi ;;
   *:ok) exit 0 ;;
+  primary:7) echo '0: State change failed: (-1) Multiple primaries not allowed by config' >&2; exit 11 ;;
   *:lost) echo 'lost: State change failed: (-1) Multiple primaries not allowed by config' >&2; exit 11 ;;
   *:noquorum) printf 'r0: State change failed: (-25) No quorum\nadditional info from kernel:\n1 of 3 nodes visible, need 2 for quorum\n' >&2; exit 11 ;;
   *:missing) echo 'missing: Failure: (158) Unknown resource' >&2; exit 10 ;;
@@ -498,6 +580,54 @@ esac
         let calls = calls(&dir);
         assert!(calls.contains("primary ok\n"));
         assert!(calls.contains("secondary --force ok\n"));
+    }
+
+    #[test]
+    fn state_change_names_resource_on_9_and_minor_on_84() {
+        let mut drbd = Drbdsetup::new("drbdsetup", Duration::from_secs(1));
+        let line = |d: &Drbdsetup, c| d.state_change_args(c, "hb").join(" ");
+        assert_eq!(line(&drbd, StateChange::Primary), "primary hb");
+        assert_eq!(
+            line(&drbd, StateChange::SecondaryForce),
+            "secondary --force hb"
+        );
+        drbd.kernel = KernelGeneration::V84 { minor: 3 };
+        assert_eq!(line(&drbd, StateChange::Primary), "primary 3");
+        assert_eq!(line(&drbd, StateChange::Secondary), "secondary 3");
+        assert_eq!(
+            line(&drbd, StateChange::SecondaryForce),
+            "secondary --force 3"
+        );
+    }
+
+    #[test]
+    fn proc_drbd_version_line() {
+        let v84 = "version: 8.4.11 (api:1/proto:86-101)\nsrcversion: F73C670A7EC572DB9CF3E5B \n 0: cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate C r-----\n";
+        assert_eq!(KernelGeneration::is_84_proc_drbd(v84), Some(true));
+        let v9 = "version: 9.2.12 (api:2/proto:86-122)\nGIT-hash: 1234\nTransports (api:21): tcp (9.2.12)\n";
+        assert_eq!(KernelGeneration::is_84_proc_drbd(v9), Some(false));
+        assert_eq!(KernelGeneration::is_84_proc_drbd("garbage"), None);
+        assert_eq!(KernelGeneration::is_84_proc_drbd(""), None);
+    }
+
+    /// 8.4: the minor on the command line, the same exit-code classes, and
+    /// `events2` without `--full` even when asked for.
+    #[tokio::test]
+    async fn drbd84_commands_address_the_minor() {
+        let (dir, mut drbd) = setup();
+        drbd.kernel = KernelGeneration::V84 { minor: 7 };
+        let lost = drbd.primary("hb").await.unwrap_err();
+        assert_eq!(lost.outcome(), CommandOutcome::Lost);
+        assert!(lost.to_string().contains("primary 7"), "{lost}");
+        drbd.secondary("hb").await.unwrap();
+        let mut child = drbd.events2("hb").unwrap();
+        child.next_line().await.unwrap().expect("a line");
+        drop(child);
+        let calls = calls(&dir);
+        assert!(calls.contains("primary 7\n"), "{calls}");
+        assert!(calls.contains("secondary 7\n"), "{calls}");
+        assert!(calls.contains("events2 hb\n"), "{calls}");
+        assert!(!calls.contains("primary hb"), "{calls}");
     }
 
     #[tokio::test]

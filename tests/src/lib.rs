@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod supervisor;
+pub mod vm;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;

@@ -69,7 +69,7 @@ for spec in "${files[@]}"; do
   if [ "$spec" = "$hostf" ]; then guestf="/bin/$(basename "$hostf")"; else guestf="${spec#*:}"; fi
   [ -f "$hostf" ] || { echo "run-vm.sh: no such file $hostf" >&2; exit 2; }
   mkdir -p "$(dirname "$overlay$guestf")"
-  cp -L "$hostf" "$overlay$guestf"
+  cp -L --preserve=mode "$hostf" "$overlay$guestf"
   if head -c4 "$hostf" | grep -q 'ELF'; then bins+=("$overlay$guestf"); fi
 done
 if [ ${#bins[@]} -gt 0 ]; then

@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use linstor::drbdsetup::{self, Drbdsetup, Events2Feed, FeedItem};
+use linstor::drbdsetup::{self, Drbdsetup, Events2Feed, FeedItem, KernelGeneration};
 use linstor::events2::{DiskState, EventKind, Line, ObjectKind, Role};
 use linstor::model::{ChangeLines, ModelOptions, ResourceModel, ResourceView};
 use linstor::promoter::{
@@ -64,6 +64,20 @@ pub enum DrbdPromote {
     /// `auto-promote yes`: opening the device read-write promotes, the last
     /// close demotes (existing XCP-ng statefile volumes).
     Auto,
+}
+
+/// Which DRBD kernel generation to drive (`--drbd-kernel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DrbdKernel {
+    /// Read `/proc/drbd` at startup; DRBD 9 when it cannot be read.
+    Auto,
+    /// DRBD 9: state changes name the resource.
+    #[value(name = "9")]
+    V9,
+    /// DRBD 8.4: state changes name the device minor, `events2` runs
+    /// without `--full`.
+    #[value(name = "8.4")]
+    V84,
 }
 
 /// Everything the arbiter needs, from the command line.
@@ -90,6 +104,8 @@ pub struct DrbdConfig {
     /// Run `events2` without `--full` (DRBD 8.4's drbdsetup rejects it) and
     /// model its change lines as carrying only the changed keys.
     pub events2_plain: bool,
+    /// DRBD 9 or 8.4 (how `primary`/`secondary` address the resource).
+    pub kernel: DrbdKernel,
 }
 
 impl Default for DrbdConfig {
@@ -104,6 +120,7 @@ impl Default for DrbdConfig {
             release_timeout: Duration::from_secs(5),
             derive_may_promote: false,
             events2_plain: false,
+            kernel: DrbdKernel::Auto,
         }
     }
 }
@@ -142,10 +159,52 @@ impl Arbiter for DrbdArbiter {
     fn run(self: Box<Self>, ctx: ArbiterContext) -> ArbiterFuture {
         Box::pin(async move {
             let resource = resolve_resource(&self.config, &self.device).await?;
-            Driver::new(self.config, self.device, resource, ctx)
+            let kernel = kernel_generation(self.config.kernel, &self.device, &resource)?;
+            Driver::new(self.config, self.device, resource, kernel, ctx)
                 .run()
                 .await
         })
+    }
+}
+
+/// The minor of a block device, `None` for anything else.
+fn device_minor(device: &Path) -> Option<u32> {
+    let meta = std::fs::metadata(device).ok()?;
+    meta.file_type()
+        .is_block_device()
+        .then(|| libc::minor(meta.rdev()))
+}
+
+/// DRBD 9 or 8.4. 8.4 addresses the resource by its device's minor, so the
+/// device must be the DRBD block device itself (or a link to it).
+fn kernel_generation(
+    choice: DrbdKernel,
+    device: &Path,
+    resource: &str,
+) -> anyhow::Result<KernelGeneration> {
+    let minor = device_minor(device);
+    let generation = match choice {
+        DrbdKernel::V9 => KernelGeneration::V9,
+        DrbdKernel::V84 => KernelGeneration::V84 { minor: 0 },
+        DrbdKernel::Auto => KernelGeneration::detect(minor).unwrap_or_else(|| {
+            tracing::info!(
+                resource,
+                "cannot read the DRBD version from /proc/drbd; assuming DRBD 9"
+            );
+            KernelGeneration::V9
+        }),
+    };
+    match generation {
+        KernelGeneration::V84 { .. } => {
+            let minor = minor.with_context(|| {
+                format!(
+                    "DRBD 8.4 addresses resource {resource} by the minor of its device, but {} is not a block device; pass the DRBD device (/dev/drbdN) as --disk",
+                    device.display()
+                )
+            })?;
+            Ok(KernelGeneration::V84 { minor })
+        }
+        KernelGeneration::V9 => Ok(KernelGeneration::V9),
     }
 }
 
@@ -341,9 +400,18 @@ enum Exit {
 }
 
 impl Driver {
-    fn new(config: DrbdConfig, device: PathBuf, resource: String, ctx: ArbiterContext) -> Self {
+    fn new(
+        config: DrbdConfig,
+        device: PathBuf,
+        resource: String,
+        kernel: KernelGeneration,
+        ctx: ArbiterContext,
+    ) -> Self {
         let mut drbdsetup = Drbdsetup::new(&config.drbdsetup, config.command_timeout);
-        drbdsetup.events2_full = !config.events2_plain;
+        // 8.4's events2 has no --full: its change lines carry changed keys only.
+        let events2_plain = config.events2_plain || kernel != KernelGeneration::V9;
+        drbdsetup.events2_full = !events2_plain;
+        drbdsetup.kernel = kernel;
         let promoter = Promoter::new(
             PromoterConfig {
                 mode: match config.promote {
@@ -360,7 +428,7 @@ impl Driver {
             resource.clone(),
             ModelOptions {
                 derive_may_promote: config.derive_may_promote,
-                change_lines: if config.events2_plain {
+                change_lines: if events2_plain {
                     ChangeLines::Plain
                 } else {
                     ChangeLines::Full
@@ -389,6 +457,7 @@ impl Driver {
         tracing::info!(
             resource = %self.resource, device = %self.device.display(),
             mode = ?self.config.promote, drbdsetup = %self.config.drbdsetup.display(),
+            kernel = ?self.drbdsetup.kernel,
             "drbd arbiter starting"
         );
         match self.startup().await {
@@ -437,6 +506,14 @@ impl Driver {
     /// `drbdsetup status --json <res>`: adopt a local Primary, or stay
     /// behind a peer Primary, before events2 says anything.
     async fn startup(&mut self) -> Exit {
+        if self.drbdsetup.kernel != KernelGeneration::V9 {
+            // 8.4's drbdsetup has no `status --json`; events2 replays the state.
+            self.ctx.publish(Grant::standby(format!(
+                "waiting for drbdsetup events2 to report DRBD resource {} (DRBD 8.4)",
+                self.resource
+            )));
+            return Exit::Clean;
+        }
         let status = self.drbdsetup.status(&self.resource).await;
         let found: Option<ResourceStatus> = match status {
             Ok(list) => list.into_iter().find(|s| s.name == self.resource),

@@ -11,18 +11,23 @@
 #             no error for the writer;
 #   failover  a writer loop runs while the host test kills the serving
 #             http-disk-server (told over TCP to vmt_ctl): no error;
+#   heartbeat `xha-shim init` (2 hosts) then `xha-shim heartbeat` (xhad's
+#             statefile cycle, 1 s interval, 20 s StateFileTimeout) on the
+#             device while the host kills the serving http-disk-server (as
+#             in failover): exit 0 and no host hurt in the JSON report;
 #   bench     for tests/src/bin/bench-kernel-nbd.rs, in one boot: latency
 #             through nbd-client on the host's `nbdkit file` (vmt_nbdkit
 #             port) and through our device, then the failover stall (as in
 #             failover; the longest writer operation).
 # Parameters: vmt_urls (comma separated), vmt_size, vmt_seed, vmt_ctl
-# (failover: host control port), vmt_args (extra nbd-http-server flags,
+# (failover, heartbeat: host control port), vmt_after (seconds of workload
+# after the kill), vmt_args (extra nbd-http-server flags,
 # ':' for spaces), vmt_count (lat).
 name="http-nbd-$vmt_mode"
 vol=statefile
 fail() {
   echo "VMTEST FAIL $name $*"
-  for f in /tmp/nbd-http-server*.log /tmp/loop.log; do
+  for f in /tmp/nbd-http-server*.log /tmp/loop.log /tmp/hb.err /tmp/hb.json; do
     [ -f "$f" ] && { echo "--- $f ---"; cat "$f"; }
   done
   dmesg | grep -i nbd | tail -n 20
@@ -124,6 +129,28 @@ failover)
   [ "$reply" = killed ] || fail "host control answered '$reply'"
   sleep "${vmt_after:-8}"
   stop_loop
+  kill -TERM "$pid"; wait "$pid"
+  ;;
+heartbeat)
+  d=/dev/http-nbd/$vol
+  out="$(xha-shim init --hosts 2 $d 2>&1)" || fail "xha-shim init: $out"
+  echo "$out"
+  after="${vmt_after:-10}"
+  # Kill at about 4 s; the run covers the takeover plus $after seconds.
+  xha-shim heartbeat --target $d --duration $((after + 14)) --interval-ms 1000 \
+    --sf-timeout-ms 20000 --json >/tmp/hb.json 2>/tmp/hb.err &
+  hb_pid=$!
+  sleep 4
+  echo "asking the host to kill the serving http-disk-server at $(now)"
+  reply="$(echo heartbeat-running | timeout 30 nc 10.0.2.2 "$vmt_ctl")"
+  echo "host: $reply at $(now)"
+  [ "$reply" = killed ] || fail "host control answered '$reply'"
+  wait "$hb_pid"
+  rc=$?
+  grep -E '"(index|cycles|successful_cycles|longest_gap_ms|stuck_in_io_ms|verdict|any_hurt)"' /tmp/hb.json \
+    | sed 's/^ *//; s/,$//; s/^/heartbeat report: /'
+  [ $rc -eq 0 ] || fail "xha-shim heartbeat exited $rc"
+  grep -q '"any_hurt": false' /tmp/hb.json || fail "a host would have been hurt"
   kill -TERM "$pid"; wait "$pid"
   ;;
 bench)

@@ -11,7 +11,13 @@
 //!                                             exists; prints the longest operation
 //! guest-io lat    DEV OFFSET COUNT            COUNT 512 B reads and COUNT 1 KiB writes:
 //!                                             latency p50/p99/max in microseconds
+//! guest-io http-put    HOST:PORT OFFSET LEN SEED   PUT LEN pattern bytes at OFFSET (HTTP,
+//!                                                  Content-Range), expect 200
+//! guest-io http-verify HOST:PORT OFFSET LEN SEED   GET with Range, expect 206 and the pattern
 //! ```
+//!
+//! The HTTP commands exist because the guest has no curl and busybox `nc`
+//! closes the connection at the end of its input, before the answer.
 //!
 //! The pattern is the xorshift sequence of `heartbeat_tests::pseudo_random_bytes`
 //! so the host can check the backing file with the same function. Exit status
@@ -85,6 +91,64 @@ fn open_statefile_style(dev: &str) -> Result<File, String> {
         .map_err(|e| format!("open {dev} O_RDWR|O_DIRECT|O_SYNC: {e}"))
 }
 
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), 10 s
+/// limit per socket operation; the status line and the body.
+fn http_request(addr: &str, head: &str, body: &[u8]) -> Result<(String, Vec<u8>), String> {
+    use std::io::{Read, Write};
+    let limit = Some(std::time::Duration::from_secs(10));
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(limit).ok();
+    s.set_write_timeout(limit).ok();
+    let mut req = head.as_bytes().to_vec();
+    req.extend_from_slice(body);
+    s.write_all(&req)
+        .map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)
+        .map_err(|e| format!("read the answer of {addr}: {e}"))?;
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("no complete answer head from {addr}"))?;
+    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let status = head.lines().next().unwrap_or("").to_owned();
+    Ok((status, answer[split + 4..].to_vec()))
+}
+
+fn http_io(put: bool, addr: &str, offset: u64, len: usize, seed: u64) -> Result<bool, String> {
+    let want = pattern(len, seed);
+    let last = offset + len as u64 - 1;
+    if put {
+        let head = format!(
+            "PUT / HTTP/1.1\r\nHost: {addr}\r\nContent-Range: bytes {offset}-{last}/*\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+        );
+        let (status, _) = http_request(addr, &head, &want)?;
+        if !status.contains(" 200") {
+            println!("PUT {len} bytes at {offset} to {addr}: {status}");
+            return Ok(false);
+        }
+        println!("http-put {len} bytes at {offset} seed {seed}: {status}");
+        return Ok(true);
+    }
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nRange: bytes={offset}-{last}\r\nConnection: close\r\n\r\n"
+    );
+    let (status, body) = http_request(addr, &head, &[])?;
+    if !status.contains(" 206") {
+        println!("GET {len} bytes at {offset} from {addr}: {status}");
+        return Ok(false);
+    }
+    if body != want {
+        println!(
+            "GET {len} bytes at {offset} from {addr}: {} bytes, not the pattern of seed {seed}",
+            body.len()
+        );
+        return Ok(false);
+    }
+    println!("http-verify {len} bytes at {offset} seed {seed}: {status}");
+    Ok(true)
+}
+
 fn parse(arg: Option<&String>, what: &str) -> Result<u64, String> {
     let s = arg.ok_or_else(|| format!("missing {what}"))?;
     s.parse().map_err(|e| format!("bad {what} {s:?}: {e}"))
@@ -155,6 +219,12 @@ fn run(args: &[String]) -> Result<bool, String> {
             }
             println!("verified {len} bytes at {offset} seed {seed} in {unit}-byte reads");
             Ok(true)
+        }
+        "http-put" | "http-verify" => {
+            let offset = parse(args.get(3), "OFFSET")?;
+            let len = parse(args.get(4), "LEN")? as usize;
+            let seed = parse(args.get(5), "SEED")?;
+            http_io(cmd == "http-put", dev, offset, len, seed)
         }
         "loop" => {
             let offset = parse(args.get(3), "OFFSET")?;
