@@ -8,6 +8,7 @@
 //! client never has to look at.
 
 pub mod auth;
+pub mod config_file;
 pub mod nbd;
 pub mod range;
 pub mod sd_notify;

@@ -60,6 +60,11 @@ pub struct Args {
     /// More logging (debug level).
     #[arg(short, long)]
     pub verbose: bool,
+    /// TOML file setting any of these flags under its long name
+    /// (`disk = "/dev/drbd/by-res/vol/0"`, `port = 8076`); flags on the
+    /// command line win. E.g. /etc/xha-heartbeat/<volume>.toml.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Largest byte count one GET or PUT may carry.
     #[arg(long, default_value_t = heartbeat_wire::DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: u64,
@@ -250,6 +255,31 @@ impl Drop for ConnectionSlot {
 }
 
 impl Args {
+    /// The arguments to parse for `argv`: with `--config PATH`, the file's
+    /// settings go first, so that flags on the command line win
+    /// ([`heartbeat_wire::config_file`]).
+    pub fn argv_with_config(
+        argv: Vec<std::ffi::OsString>,
+    ) -> Result<Vec<std::ffi::OsString>, heartbeat_wire::config_file::ConfigFileError> {
+        use clap::CommandFactory;
+        let flags =
+            heartbeat_wire::config_file::flag_specs(Self::command().get_arguments().filter_map(
+                |a| Some((a.get_long()?, a.get_short(), a.get_action().takes_values())),
+            ));
+        heartbeat_wire::config_file::merge_config_file(argv, &flags)
+    }
+
+    /// Parse the process's arguments and `--config` file; exit on an error.
+    pub fn parse_with_config() -> Self {
+        match Self::argv_with_config(std::env::args_os().collect()) {
+            Ok(argv) => Self::parse_from(argv),
+            Err(e) => {
+                eprintln!("http-disk-server: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+
     pub fn advertise_url(&self) -> String {
         self.advertise_url.clone().unwrap_or_else(|| match self.ip {
             IpAddr::V6(ip) => format!("http://[{ip}]:{}", self.port),
@@ -518,4 +548,44 @@ fn spawn_watchdog(health: Arc<DiskHealth>, freeze: Arc<FreezeDetector>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod config_file_tests {
+    use super::*;
+
+    fn parse(file: &str, flags: &[&str]) -> anyhow::Result<Args> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("vol.toml");
+        std::fs::write(&path, file)?;
+        let mut argv: Vec<std::ffi::OsString> = vec!["http-disk-server".into()];
+        argv.extend(flags.iter().map(Into::into));
+        argv.extend(["--config".into(), path.into()]);
+        Ok(Args::try_parse_from(Args::argv_with_config(argv)?)?)
+    }
+
+    #[test]
+    fn file_sets_values_and_flags_win() {
+        let file = "disk = \"/dev/drbd/by-res/x/0\"\nport = 9000\nverbose = true\narbiter = \"none\"\npeer-url = [\"a=http://a:1\", \"b=http://b:1\"]\ndrbd-sleep-factor = 0.25\n";
+        let args = parse(file, &[]).unwrap();
+        assert_eq!(args.disk, PathBuf::from("/dev/drbd/by-res/x/0"));
+        assert_eq!(args.port, 9000);
+        assert!(args.verbose);
+        assert_eq!(args.arbiter, Some(ArbiterKind::None));
+        assert_eq!(args.peer_url.len(), 2);
+        assert_eq!(args.drbd_sleep_factor, 0.25);
+        let args = parse(file, &["--port", "9001", "--peer-url", "c=http://c:1"]).unwrap();
+        assert_eq!(args.port, 9001);
+        assert_eq!(args.peer_url, vec![("c".into(), "http://c:1".into())]);
+        assert_eq!(args.disk, PathBuf::from("/dev/drbd/by-res/x/0"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let e = parse("disk = \"/d\"\nprot = 1\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`prot`") && e.contains("vol.toml"), "{e}");
+        assert!(parse("disk = \"/d\"\nport = \"eighty\"\n", &[]).is_err());
+    }
 }

@@ -1,8 +1,7 @@
-use clap::Parser;
 use http_disk_server::{run, Args};
 
 fn main() {
-    let args = Args::parse();
+    let args = Args::parse_with_config();
     let filter = if args.verbose { "debug" } else { "info" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

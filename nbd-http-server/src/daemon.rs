@@ -112,6 +112,40 @@ pub struct Cli {
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// TOML file setting any of these flags under its long name
+    /// (`nbd-name = "vol"`, `urls = ["http://a:8076", "http://b:8076"]`,
+    /// `verbose = 1`); flags on the command line win. E.g.
+    /// /etc/xha-heartbeat/<volume>.toml.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+impl Cli {
+    /// The arguments to parse for `argv`: with `--config PATH`, the file's
+    /// settings go first, so that flags on the command line win
+    /// ([`heartbeat_wire::config_file`]).
+    pub fn argv_with_config(
+        argv: Vec<std::ffi::OsString>,
+    ) -> Result<Vec<std::ffi::OsString>, heartbeat_wire::config_file::ConfigFileError> {
+        use clap::CommandFactory;
+        let flags =
+            heartbeat_wire::config_file::flag_specs(Self::command().get_arguments().filter_map(
+                |a| Some((a.get_long()?, a.get_short(), a.get_action().takes_values())),
+            ));
+        heartbeat_wire::config_file::merge_config_file(argv, &flags)
+    }
+
+    /// Parse the process's arguments and `--config` file; exit on an error.
+    pub fn parse_with_config() -> Self {
+        match Self::argv_with_config(std::env::args_os().collect()) {
+            Ok(argv) => Self::parse_from(argv),
+            Err(e) => {
+                eprintln!("nbd-http-server: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -463,6 +497,49 @@ mod tests {
         let eight = FailoverDeadline::for_hosts(8).0.as_millis();
         assert!((2500..2700).contains(&eight), "{eight}");
         assert_eq!(FailoverDeadline::for_hosts(64).0, Duration::from_secs(2));
+    }
+
+    fn parse_with_file(file: &str, flags: &[&str]) -> anyhow::Result<Cli> {
+        let path = std::env::temp_dir().join(format!(
+            "nbd-http-server-config-{}-{}.toml",
+            std::process::id(),
+            file.len() * 31 + flags.len()
+        ));
+        std::fs::write(&path, file)?;
+        let mut argv: Vec<std::ffi::OsString> = vec!["nbd-http-server".into()];
+        argv.extend(flags.iter().map(Into::into));
+        argv.extend(["--config".into(), path.clone().into()]);
+        let parsed = Cli::argv_with_config(argv);
+        let _ = std::fs::remove_file(&path);
+        Ok(Cli::try_parse_from(parsed?)?)
+    }
+
+    #[test]
+    fn config_file_sets_lists_and_flags_replace_them() {
+        let file = "nbd-name = \"hb\"\nurls = [\"http://a:1\", \"http://b:1\"]\nlisten = \"tcp:127.0.0.1:0\"\ndevice-size = 4194304\nverbose = 2\nno-attach = true\n";
+        let cli = parse_with_file(file, &[]).unwrap();
+        assert_eq!(cli.nbd_name, "hb");
+        assert_eq!(cli.urls, ["http://a:1", "http://b:1"]);
+        assert_eq!(cli.listen, ["tcp:127.0.0.1:0"]);
+        assert_eq!(cli.device_size, Some(4194304));
+        assert_eq!(cli.verbose, 2);
+        assert!(cli.no_attach);
+        let cli = parse_with_file(file, &["--urls", "http://c:1,http://d:1", "-v"]).unwrap();
+        assert_eq!(cli.urls, ["http://c:1", "http://d:1"]);
+        assert_eq!(cli.verbose, 1);
+        assert_eq!(cli.nbd_name, "hb");
+        let e = parse_with_file("nbd-name = \"hb\"\nurl = \"http://a:1\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`url`") && e.contains(".toml"), "{e}");
+        let e = Cli::argv_with_config(vec![
+            "x".into(),
+            "--config".into(),
+            "/nonexistent/hb.toml".into(),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("/nonexistent/hb.toml"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,5 @@
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    let cli = nbd_http_server::daemon::Cli::parse();
+    let cli = nbd_http_server::daemon::Cli::parse_with_config();
     nbd_http_server::daemon::init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
