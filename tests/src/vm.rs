@@ -33,9 +33,22 @@ pub fn vm_dir() -> PathBuf {
 }
 
 /// The right to run VMs, held for a whole test: see the module doc.
+/// On drop it prints how long the test held it (the test's own time,
+/// without the wait for the slot).
 pub struct VmTestSlot {
     _guard: MutexGuard<'static, ()>,
     _file: std::fs::File,
+    since: Instant,
+}
+
+impl Drop for VmTestSlot {
+    fn drop(&mut self) {
+        eprintln!(
+            "VM test {} took {:.1} s",
+            std::thread::current().name().unwrap_or("?"),
+            self.since.elapsed().as_secs_f64()
+        );
+    }
 }
 
 /// Waits for the VM slot of this process and of this machine's target dir.
@@ -63,6 +76,7 @@ pub fn one_vm_test_at_a_time() -> VmTestSlot {
     VmTestSlot {
         _guard: guard,
         _file: file,
+        since: Instant::now(),
     }
 }
 

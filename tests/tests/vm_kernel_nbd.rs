@@ -379,6 +379,9 @@ fn kernel_client_sees_no_error_across_a_failover() {
     let _serial = one_vm_test_at_a_time();
     let f = FailoverRun::start("failover", &[], &[("after", "6".into())]);
     f.assert_pass("http-nbd-failover");
+    for line in f.run.serial.lines().filter(|l| l.starts_with("loop ok:")) {
+        eprintln!("guest writer: {line}");
+    }
 }
 
 /// Scenario 5: `xha-shim heartbeat` (two emulated hosts, xhad's statefile
@@ -394,6 +397,14 @@ fn xha_heartbeat_on_the_kernel_device_survives_a_failover() {
         &[("after", "10".into())],
     );
     f.assert_pass("http-nbd-heartbeat");
+    for line in f
+        .run
+        .serial
+        .lines()
+        .filter(|l| l.starts_with("heartbeat report:"))
+    {
+        eprintln!("{line}");
+    }
     for needle in ["\"any_hurt\": false", "\"verdict\": \"ok\""] {
         assert!(
             f.run.serial.contains(needle),

@@ -905,6 +905,33 @@ async fn sleep_until(at: Option<Instant>) {
 mod tests {
     use super::*;
 
+    /// 8.4 needs the minor of a block device; 9 names the resource.
+    #[test]
+    fn kernel_generation_needs_a_block_device_on_84() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        assert_eq!(
+            kernel_generation(DrbdKernel::V9, file.path(), "hb").unwrap(),
+            KernelGeneration::V9
+        );
+        let err = kernel_generation(DrbdKernel::V84, file.path(), "hb").unwrap_err();
+        assert!(err.to_string().contains("not a block device"), "{err}");
+        assert!(err.to_string().contains("resource hb"), "{err}");
+        // /dev/loop0 (major 7, minor 0) stands in for /dev/drbd0 where present.
+        if let Some(minor) = device_minor(Path::new("/dev/loop0")) {
+            assert_eq!(
+                kernel_generation(DrbdKernel::V84, Path::new("/dev/loop0"), "hb").unwrap(),
+                KernelGeneration::V84 { minor }
+            );
+        }
+        // No /proc/drbd on the build hosts: auto falls back to 9.
+        if !Path::new("/proc/drbd").exists() {
+            assert_eq!(
+                kernel_generation(DrbdKernel::Auto, file.path(), "hb").unwrap(),
+                KernelGeneration::V9
+            );
+        }
+    }
+
     #[test]
     fn resource_from_device_paths() {
         assert_eq!(
