@@ -245,6 +245,7 @@ impl KernelDevice {
             match tokio::time::timeout(DROPPED_AT_ONCE, &mut conn.task).await {
                 Err(_) => {
                     info!(volume = %self.volume, device = %path.display(), attempt, "reconnected");
+                    crate::metrics::metrics().kernel_reconnected();
                     self.connection = Some(conn);
                     return Ok(());
                 }

@@ -119,6 +119,12 @@ pub struct Cli {
     /// /etc/xha-heartbeat/<volume>.toml.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (NBD requests,
+    /// latency, upstream errors and failovers, kernel reconnects). Off by
+    /// default; the page is unauthenticated, so bind it to a management address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Cli {
@@ -312,6 +318,20 @@ pub async fn run(cli: Cli) -> Result<()> {
         listeners.push(Listener::Tcp(l, local));
     }
 
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    if let Some(addr) = cli.metrics_listen {
+        let l = TcpListener::bind(addr).await.with_context(|| {
+            format!("volume {volume}: cannot listen for metrics on {addr} (--metrics-listen)")
+        })?;
+        let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        info!(volume = %volume, listen = %local, "metrics at http://{local}/metrics");
+        tokio::spawn(crate::metrics::serve(
+            l,
+            volume.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+
     // Handlers first: a supervisor may send SIGTERM the moment it reads the
     // readiness line, and that must drain, not kill.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -324,7 +344,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         info!(volume = %volume, size, listeners = %names.join(", "), "NBD server ready");
     }
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let healthy = Arc::new(AtomicBool::new(true));
     let mut device = None;
     if attach_kernel {

@@ -9,12 +9,14 @@
 //! * [`kernel`]: attaching `/dev/nbdN` (generic netlink, ioctl fallback);
 //! * [`attach`]: the daemon's kernel device: attach or reconnect, keep it
 //!   connected, the `/dev/http-nbd/<volume>` link, detach;
+//! * [`metrics`]: Prometheus counters, `--metrics-listen`;
 //! * [`daemon`]: command line, listeners, readiness line, signals.
 
 pub mod attach;
 pub mod daemon;
 pub mod handshake;
 pub mod kernel;
+pub mod metrics;
 pub mod server;
 pub mod transmission;
 pub mod upstream;

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::handshake::{CloseReason, ExportInfo, Handshake, Progress};
+use crate::metrics::{metrics, NbdCommand};
 use crate::transmission::{Command, Limits, RequestParser};
 use crate::upstream::Upstream;
 
@@ -177,6 +178,7 @@ async fn serve<R, W, U>(
                     reason,
                 } => {
                     info!(volume = %volume, %peer, "rejected request with {}: {reason}", nbd::error_name(error));
+                    metrics().start(NbdCommand::Rejected).finish(false);
                     let reply = Reply {
                         handle,
                         error,
@@ -192,6 +194,7 @@ async fn serve<R, W, U>(
                     // Every write is durable when acknowledged and nothing is
                     // cached here, so the writes this flush must cover (those
                     // already answered) are on stable storage now.
+                    metrics().start(NbdCommand::Flush).finish(true);
                     let reply = Reply {
                         handle,
                         error: 0,
@@ -209,8 +212,11 @@ async fn serve<R, W, U>(
                     length,
                 } => {
                     let (upstream, volume) = (upstream.clone(), volume.clone());
+                    let timer = metrics().start(NbdCommand::Read);
                     Box::pin(async move {
-                        match upstream.read_at(offset, length, deadline).await {
+                        let result = upstream.read_at(offset, length, deadline).await;
+                        timer.finish(result.is_ok());
+                        match result {
                             Ok(data) => Reply {
                                 handle,
                                 error: 0,
@@ -234,8 +240,11 @@ async fn serve<R, W, U>(
                     ..
                 } => {
                     let (upstream, volume) = (upstream.clone(), volume.clone());
+                    let timer = metrics().start(NbdCommand::Write);
                     Box::pin(async move {
-                        let error = match upstream.write_at(offset, &data, deadline).await {
+                        let result = upstream.write_at(offset, &data, deadline).await;
+                        timer.finish(result.is_ok());
+                        let error = match result {
                             Ok(()) => 0,
                             Err(e) => {
                                 warn!(volume = %volume, "write failed: {e}");

@@ -287,20 +287,26 @@ impl HttpUpstream {
                     Ok(resp) => match classify(&request, &resp) {
                         Verdict::Done => return Ok(resp),
                         Verdict::Rejected(detail) => {
+                            crate::metrics::metrics()
+                                .upstream_error(crate::metrics::UpstreamErrorKind::Rejected);
                             return Err(UpstreamError::Rejected {
                                 volume: self.config.volume.clone(),
                                 url: target.endpoint.url.clone(),
                                 what: request.describe(),
                                 status: resp.status,
                                 detail,
-                            })
+                            });
                         }
                         Verdict::Retry(why) => {
+                            crate::metrics::metrics()
+                                .upstream_error(crate::metrics::UpstreamErrorKind::Unavailable);
                             last_error = format!("{}: {why}", target.endpoint.url);
                             hint = resp.serving_url.clone();
                         }
                     },
                     Err(e) => {
+                        crate::metrics::metrics()
+                            .upstream_error(crate::metrics::UpstreamErrorKind::Transport);
                         last_error = format!("{}: {e}", target.endpoint.url);
                         target.pool.clear();
                     }
@@ -309,6 +315,8 @@ impl HttpUpstream {
             }
             let failed_at = Instant::now();
             if failed_at >= deadline {
+                crate::metrics::metrics()
+                    .upstream_error(crate::metrics::UpstreamErrorKind::Deadline);
                 return Err(UpstreamError::Unavailable {
                     volume: self.config.volume.clone(),
                     what: request.describe(),
@@ -377,6 +385,11 @@ impl HttpUpstream {
                 }));
                 c.generation += 1;
                 let took = failed_at.elapsed();
+                crate::metrics::metrics().upstream_selected(
+                    &winner.url,
+                    winner.epoch,
+                    old_url.is_some().then_some(took),
+                );
                 match old_url {
                     Some(old) => info!(
                         volume = %self.config.volume,
@@ -399,6 +412,8 @@ impl HttpUpstream {
                 Ok(true)
             }
             Err(summary) => {
+                crate::metrics::metrics()
+                    .upstream_error(crate::metrics::UpstreamErrorKind::NoServer);
                 warn!(volume = %self.config.volume, "no serving http-disk-server found: {summary}");
                 Err(summary)
             }
