@@ -15,6 +15,7 @@ pub mod http;
 pub mod liveness;
 pub mod metrics;
 pub mod range_lock;
+pub mod tls;
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -161,6 +162,14 @@ pub struct Args {
     /// Largest request head (request line and headers) in bytes; at least 8192.
     #[arg(long, default_value_t = 16 * 1024)]
     pub max_header_bytes: usize,
+    /// PEM certificate chain (leaf first): with --tls-key, the listener
+    /// speaks TLS only (block requests, /status and /metrics alike) and the
+    /// default advertise URL is https://. See SECURITY.md, "TLS".
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The authentication policy from the flags: a key file (explicit, or the
@@ -281,10 +290,55 @@ impl Args {
     }
 
     pub fn advertise_url(&self) -> String {
+        let scheme = if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         self.advertise_url.clone().unwrap_or_else(|| match self.ip {
-            IpAddr::V6(ip) => format!("http://[{ip}]:{}", self.port),
-            IpAddr::V4(ip) => format!("http://{ip}:{}", self.port),
+            IpAddr::V6(ip) => format!("{scheme}://[{ip}]:{}", self.port),
+            IpAddr::V4(ip) => format!("{scheme}://{ip}:{}", self.port),
         })
+    }
+}
+
+/// Per-connection HTTP settings from the flags.
+#[derive(Clone, Copy)]
+struct ConnSettings {
+    max_buf: usize,
+    header_timeout: Duration,
+}
+
+/// Serve one accepted connection (plain TCP or TLS) until the peer leaves
+/// or the server stops (then gracefully: in-flight requests finish).
+async fn serve_one<I>(
+    io: I,
+    svc: Arc<DiskService>,
+    mut stop: watch::Receiver<bool>,
+    settings: ConnSettings,
+) -> hyper::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .max_buf_size(settings.max_buf)
+        .header_read_timeout(settings.header_timeout)
+        .keep_alive(true)
+        .serve_connection(
+            TokioIo::new(io),
+            service_fn(move |req| Arc::clone(&svc).handle(req)),
+        );
+    tokio::pin!(conn);
+    let stopping = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stopping => {
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
     }
 }
 
@@ -327,6 +381,10 @@ pub fn make_arbiter(args: &Args, probe: &DiskProbe) -> anyhow::Result<Box<dyn Ar
 /// Run the server until SIGTERM/SIGINT. Returns Ok for an orderly exit.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let auth = auth_policy(&args)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let probe = DiskProbe::probe(&args.disk)?;
     let arbiter = make_arbiter(&args, &probe)?;
     let arbiter_name = arbiter.name();
@@ -436,27 +494,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 };
                 let _ = stream.set_nodelay(true);
                 let svc = Arc::clone(&service);
-                let mut stop = stop_rx.clone();
+                let stop = stop_rx.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .max_buf_size(max_buf)
-                        .header_read_timeout(header_timeout)
-                        .keep_alive(true)
-                        .serve_connection(
-                            TokioIo::new(stream),
-                            service_fn(move |req| Arc::clone(&svc).handle(req)),
-                        );
-                    tokio::pin!(conn);
-                    let stopping = async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    };
-                    let result = tokio::select! {
-                        r = conn.as_mut() => r,
-                        _ = stopping => {
-                            conn.as_mut().graceful_shutdown();
-                            conn.as_mut().await
+                    let settings = ConnSettings { max_buf, header_timeout };
+                    let result = match tls {
+                        None => serve_one(stream, svc, stop, settings).await,
+                        Some(acceptor) => {
+                            // The handshake gets the header timeout: a peer
+                            // that connects and says nothing (or speaks plain
+                            // HTTP) is dropped like a slow request head.
+                            match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => serve_one(s, svc, stop, settings).await,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            }
                         }
                     };
                     if let Err(e) = result {

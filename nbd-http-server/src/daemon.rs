@@ -45,7 +45,8 @@ pub struct Cli {
     #[arg(long)]
     pub nbd_name: String,
 
-    /// Block server URLs, comma separated: http://HOST:PORT[,...].
+    /// Block server URLs, comma separated: http://HOST:PORT[,...] or
+    /// https://HOST:PORT[,...] (with --tls-ca).
     #[arg(long, value_delimiter = ',', required = true)]
     pub urls: Vec<String>,
 
@@ -108,6 +109,12 @@ pub struct Cli {
     /// unsigned, which only a server in compatibility mode accepts.
     #[arg(long)]
     pub auth_key_file: Option<PathBuf>,
+
+    /// PEM file of the CA certificate(s) that signed the block servers'
+    /// certificates; required when a URL is https://. The server name
+    /// checked is the URL's host (a DNS name or an IP address SAN).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
 
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -243,6 +250,12 @@ pub async fn run(cli: Cli) -> Result<()> {
     upstream_config.request_timeout = Duration::from_millis(cli.request_timeout_ms);
     upstream_config.probe_timeout = upstream_config.connect_timeout + Duration::from_millis(300);
     upstream_config.auth = load_signing_key(&volume, cli.auth_key_file.as_deref())?;
+    if let Some(ca) = &cli.tls_ca {
+        upstream_config.tls = Some(
+            crate::upstream::http1::tls_client_config(ca)
+                .map_err(|e| anyhow::anyhow!("volume {volume}: {e}"))?,
+        );
+    }
     let upstream = Arc::new(HttpUpstream::new(upstream_config).map_err(anyhow::Error::msg)?);
     info!(volume = %volume, urls = %cli.urls.join(","), deadline_ms = deadline.as_millis() as u64, "starting");
 

@@ -102,6 +102,9 @@ pub struct HttpUpstreamConfig {
     /// Pool key every request (probes included) is signed with; None sends
     /// unsigned requests (reference servers, compatibility mode).
     pub auth: Option<Arc<PoolKey>>,
+    /// TLS settings (trusted CA) for `https://` URLs; required when any URL
+    /// is `https://`.
+    pub tls: Option<super::http1::TlsClientConfig>,
 }
 
 impl HttpUpstreamConfig {
@@ -117,6 +120,7 @@ impl HttpUpstreamConfig {
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_millis(200),
             auth: None,
+            tls: None,
         }
     }
 
@@ -176,6 +180,14 @@ impl HttpUpstream {
             .iter()
             .map(|u| Endpoint::parse(u).map_err(|e| format!("volume {}: {e}", config.volume)))
             .collect::<Result<Vec<_>, _>>()?;
+        if config.tls.is_none() {
+            if let Some(ep) = endpoints.iter().find(|e| e.tls) {
+                return Err(format!(
+                    "volume {}: {} is an https URL: pass --tls-ca with the CA that signed the servers' certificates",
+                    config.volume, ep.url
+                ));
+            }
+        }
         Ok(Self {
             config,
             endpoints,
@@ -381,7 +393,7 @@ impl HttpUpstream {
                 c.target = Some(Arc::new(Target {
                     endpoint,
                     epoch: winner.epoch,
-                    pool: Pool::default(),
+                    pool: Pool::new(self.config.tls.clone()),
                 }));
                 c.generation += 1;
                 let took = failed_at.elapsed();
@@ -450,9 +462,10 @@ impl HttpUpstream {
             for ep in wave.drain(..) {
                 let connect_timeout = self.config.connect_timeout;
                 let auth = self.config.auth.clone();
+                let tls = self.config.tls.clone();
                 let probe_deadline = deadline.min(Instant::now() + self.config.probe_timeout);
                 set.spawn(async move {
-                    let pool = Pool::default();
+                    let pool = Pool::new(tls);
                     let r = pool
                         .send(
                             &ep,

@@ -1,5 +1,6 @@
 //! A minimal HTTP/1.1 client for the block protocol, over plain tokio
-//! `TcpStream`s.
+//! `TcpStream`s or, for `https://` URLs, rustls over them (see SECURITY.md,
+//! "TLS").
 //!
 //! Why hand-written rather than hyper's client: the protocol subset is tiny
 //! (`HEAD /`, `GET /` with `Range`, `PUT /` with `Content-Length`; answers
@@ -18,11 +19,13 @@
 //! exchange.
 
 use std::io;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use heartbeat_wire::auth::{self, PoolKey};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -31,7 +34,7 @@ const MAX_HEAD: usize = 16 * 1024;
 /// Idle connections kept per server.
 const MAX_IDLE: usize = 64;
 
-/// Where a block server lives: `http://host:port[/path]`.
+/// Where a block server lives: `http[s]://host:port[/path]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// The URL as configured (for logs and error messages).
@@ -40,15 +43,27 @@ pub struct Endpoint {
     pub authority: String,
     /// Request target, `/` for the reference protocol.
     pub path: String,
+    /// `https://`: speak TLS, verifying the server's certificate for `host`.
+    pub tls: bool,
+    /// The host part without port or IPv6 brackets: the TLS server name
+    /// (a DNS name, or an IP address matched against the certificate's IP
+    /// SANs).
+    pub host: String,
 }
 
 impl Endpoint {
-    /// Parse `http://host[:port][/path]`. Only plain HTTP is spoken.
+    /// Parse `http://host[:port][/path]` or `https://host[:port][/path]`.
     pub fn parse(url: &str) -> Result<Self, String> {
         let trimmed = url.trim();
-        let rest = trimmed.strip_prefix("http://").ok_or_else(|| {
-            format!("URL {trimmed:?} must start with http:// (https is not supported)")
-        })?;
+        let (tls, rest) = if let Some(rest) = trimmed.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = trimmed.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(format!(
+                "URL {trimmed:?} must start with http:// or https://"
+            ));
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -62,18 +77,26 @@ impl Endpoint {
             Some(i) => !authority[i..].contains(']'),
             None => false,
         };
-        let authority = if has_port {
-            let port = &authority[authority.rfind(':').expect("has port") + 1..];
+        let (authority, host) = if has_port {
+            let colon = authority.rfind(':').expect("has port");
+            let port = &authority[colon + 1..];
             port.parse::<u16>()
                 .map_err(|_| format!("URL {trimmed:?} has a bad port {port:?}"))?;
-            authority.to_owned()
+            (authority.to_owned(), &authority[..colon])
         } else {
-            format!("{authority}:80")
+            let port = if tls { 443 } else { 80 };
+            (format!("{authority}:{port}"), authority)
         };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("URL {trimmed:?} has no host"));
+        }
         Ok(Self {
             url: trimmed.trim_end_matches('/').to_owned(),
             authority,
             path: path.to_owned(),
+            tls,
+            host: host.to_owned(),
         })
     }
 }
@@ -187,6 +210,8 @@ pub enum HttpError {
     Connect(String, io::Error),
     #[error("connect to {0} timed out")]
     ConnectTimeout(String),
+    #[error("TLS with {0} failed: {1}")]
+    Tls(String, String),
     #[error("no complete answer within the attempt timeout")]
     Timeout,
     #[error("connection closed before any answer")]
@@ -197,24 +222,119 @@ pub enum HttpError {
     Protocol(String),
 }
 
+/// TLS client settings for `https://` endpoints: the trusted CA(s).
+pub type TlsClientConfig = Arc<rustls::ClientConfig>;
+
+/// Build the TLS client settings from a PEM file of CA certificates (ring
+/// provider, TLS 1.2 and 1.3, no client certificate).
+pub fn tls_client_config(ca_pem: &std::path::Path) -> Result<TlsClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let pem = std::fs::read(ca_pem)
+        .map_err(|e| format!("cannot read the TLS CA file {}: {e}", ca_pem.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert =
+            cert.map_err(|e| format!("bad PEM in the TLS CA file {}: {e}", ca_pem.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("bad CA certificate in {}: {e}", ca_pem.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "the TLS CA file {} holds no certificate",
+            ca_pem.display()
+        ));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS setup: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The byte stream under a connection. An enum rather than a trait object so
+/// that the plain path stays a direct `TcpStream` call (no box, no vtable).
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// Write the whole buffer and, for TLS, push the records out.
+    async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(bytes).await,
+            Stream::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
 /// One keep-alive connection.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     /// Bytes of `buf` already consumed.
     pos: usize,
 }
 
 impl Connection {
-    pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Self, HttpError> {
-        let stream =
-            match tokio::time::timeout(timeout, TcpStream::connect(&endpoint.authority)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(HttpError::Connect(endpoint.url.clone(), e)),
+    /// Connect (and for `https://`, complete the TLS handshake) within
+    /// `timeout`. An `https://` endpoint needs `tls`.
+    pub async fn connect(
+        endpoint: &Endpoint,
+        tls: Option<&TlsClientConfig>,
+        timeout: Duration,
+    ) -> Result<Self, HttpError> {
+        let started = Instant::now();
+        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&endpoint.authority)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(HttpError::Connect(endpoint.url.clone(), e)),
+            Err(_) => return Err(HttpError::ConnectTimeout(endpoint.url.clone())),
+        };
+        tcp.set_nodelay(true)?;
+        let stream = if endpoint.tls {
+            let config = tls.ok_or_else(|| {
+                HttpError::Tls(
+                    endpoint.url.clone(),
+                    "https URL but no TLS CA configured (--tls-ca)".into(),
+                )
+            })?;
+            let name =
+                rustls::pki_types::ServerName::try_from(endpoint.host.clone()).map_err(|e| {
+                    HttpError::Tls(endpoint.url.clone(), format!("bad server name: {e}"))
+                })?;
+            let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+            match tokio::time::timeout_at(started + timeout, connector.connect(name, tcp)).await {
+                Ok(Ok(s)) => Stream::Tls(Box::new(s)),
+                Ok(Err(e)) => return Err(HttpError::Tls(endpoint.url.clone(), e.to_string())),
                 Err(_) => return Err(HttpError::ConnectTimeout(endpoint.url.clone())),
-            };
-        stream.set_nodelay(true)?;
+            }
+        } else {
+            Stream::Plain(tcp)
+        };
         Ok(Self {
             stream,
             buf: Vec::with_capacity(8192),
@@ -230,7 +350,7 @@ impl Connection {
         auth: Option<&PoolKey>,
     ) -> Result<Response, HttpError> {
         let bytes = request.encode(endpoint, auth);
-        self.stream.write_all(&bytes).await?;
+        self.stream.send(&bytes).await?;
         loop {
             let resp = self.read_response(matches!(request, Request::Head)).await?;
             // An interim 1xx is followed by the real answer.
@@ -359,9 +479,7 @@ impl Connection {
 
 /// Read at most `max` bytes into the spare capacity of `v` (which must have
 /// room for them) and append them; 0 at end of stream.
-async fn read_spare(stream: &mut TcpStream, v: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-    use std::pin::Pin;
-    use tokio::io::{AsyncRead, ReadBuf};
+async fn read_spare(stream: &mut Stream, v: &mut Vec<u8>, max: usize) -> io::Result<usize> {
     v.reserve(max);
     let len = v.len();
     let n = {
@@ -429,9 +547,19 @@ pub fn parse_head(head: &str) -> Result<Response, HttpError> {
 #[derive(Debug, Default)]
 pub struct Pool {
     idle: Mutex<Vec<Connection>>,
+    /// TLS settings for `https://` endpoints.
+    tls: Option<TlsClientConfig>,
 }
 
 impl Pool {
+    /// A pool that can also reach `https://` endpoints.
+    pub fn new(tls: Option<TlsClientConfig>) -> Self {
+        Self {
+            idle: Mutex::default(),
+            tls,
+        }
+    }
+
     fn take(&self) -> Option<Connection> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
@@ -470,11 +598,14 @@ impl Pool {
                             io::ErrorKind::BrokenPipe
                                 | io::ErrorKind::ConnectionReset
                                 | io::ErrorKind::ConnectionAborted
+                                // TLS: the peer closed without close_notify.
+                                | io::ErrorKind::UnexpectedEof
                         ) => {}
                     Err(e) => return Err(e),
                 }
             }
-            let mut conn = Connection::connect(endpoint, connect_timeout).await?;
+            let mut conn =
+                Connection::connect(endpoint, self.tls.as_ref(), connect_timeout).await?;
             let resp = conn.exchange(endpoint, request, auth).await?;
             self.finish(conn, resp)
         };
@@ -514,7 +645,17 @@ mod tests {
             Endpoint::parse("http://[::1]").unwrap().authority,
             "[::1]:80"
         );
-        assert!(Endpoint::parse("https://h:1").is_err());
+        let e = Endpoint::parse("https://10.0.0.1:8443/").unwrap();
+        assert!(e.tls);
+        assert_eq!(e.host, "10.0.0.1");
+        assert_eq!(e.authority, "10.0.0.1:8443");
+        let e = Endpoint::parse("https://[::1]").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.authority.as_str()),
+            ("::1", "[::1]:443")
+        );
+        assert!(!Endpoint::parse("http://h:1").unwrap().tls);
+        assert!(Endpoint::parse("ftp://h").is_err());
         assert!(Endpoint::parse("http://h:x").is_err());
         assert!(Endpoint::parse("http://").is_err());
     }
