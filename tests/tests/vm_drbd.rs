@@ -12,7 +12,7 @@
 //!   view missed the peer's promotion runs the real `drbdsetup primary 0`,
 //!   the kernel refuses (exit 11) and the log classifies it as refused;
 //!   the serving VM powers off hard and the other promotes and serves the
-//!   bytes written before.
+//!   bytes written before; SIGTERM then demotes it (`drbdsetup secondary 0`).
 //!
 //! What 8.4 cannot show (no quorum, two nodes only, no kernel may_promote;
 //! the derived may_promote is not split-brain safe) is listed in
@@ -67,6 +67,7 @@ fn http_disk_servers_with_the_drbd_arbiter_elect_one_and_fail_over_on_drbd84() {
         "refused promotion classified: exit 11, lost",
         "took over",
         "http-verify 1024 bytes at 4096 seed 84",
+        "SIGTERM: demoted, role Secondary/Unknown",
     ] {
         assert!(
             loser.serial.contains(needle),

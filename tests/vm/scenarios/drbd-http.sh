@@ -12,7 +12,8 @@
 #         Primary role (the race window, made deterministic) runs the real
 #         `drbdsetup primary 0`: refused by the kernel, classified "refused";
 #         after the winner's death its server promotes and serves the
-#         winner's bytes (GET with a Range header, busybox wget).
+#         winner's bytes (ranged GET), then SIGTERM: its server demotes
+#         with `drbdsetup secondary 0`.
 #
 # DRBD 8.4 vs 9, and what this does not test: 8.4 has no quorum, so the
 # derived may_promote only means "no peer is Primary that I can see"; a
@@ -172,4 +173,11 @@ echo "took over $(awk "BEGIN{print $(now) - $t0}") s after the crash: role $(drb
 out="$(guest-io http-verify "$vmt_ip1:8076" 4096 1024 84)" || fail "the winner's write is not served after failover: $out"
 echo "$out"
 grep -E "promot|primary" "$log" | tail -n 5
+# An orderly shutdown demotes through `drbdsetup secondary 0` (8.4 form).
+kill -TERM "$server_pid"
+stopped() { ! kill -0 "$server_pid" 2>/dev/null; }
+wait_for 30 stopped || fail "http-disk-server still running 30 s after SIGTERM"
+grep -q "demoted to Secondary" "$log" || fail "no 'demoted to Secondary' after SIGTERM"
+[ "$(drbdadm role hb)" = Secondary/Unknown ] || fail "role $(drbdadm role hb) after SIGTERM, expected Secondary/Unknown"
+echo "SIGTERM: demoted, role $(drbdadm role hb)"
 echo "VMTEST PASS $name"
