@@ -144,6 +144,7 @@ fn service(rt: &tokio::runtime::Runtime, grant: Grant, auth: Auth, disk: Arc<Mem
             stuck_exit_after: Duration::from_secs(3600),
             body_idle_timeout: Duration::from_secs(30),
             probed_size: DISK_SIZE,
+            debug_no_fence: false,
         },
         auth: policy(auth),
         gate,

@@ -66,4 +66,9 @@ pub struct ServerStatus {
     pub latency_p50_us: Option<u64>,
     #[serde(default)]
     pub latency_p99_us: Option<u64>,
+    /// `--debug-no-fence`: the server logs the demotions by force, escalation
+    /// exits and stuck-disk exits it would perform instead of performing them.
+    /// Absent (false) in normal operation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub debug_no_fence: bool,
 }

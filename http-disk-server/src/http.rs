@@ -44,6 +44,8 @@ pub struct HttpConfig {
     pub body_idle_timeout: Duration,
     /// Size known before the disk is opened (for status while standby).
     pub probed_size: u64,
+    /// `--debug-no-fence`: log the stuck-disk exit instead of exiting.
+    pub debug_no_fence: bool,
 }
 
 /// Who may send block requests (see SECURITY.md).
@@ -638,13 +640,25 @@ impl DiskService {
                 let health = Arc::clone(&self.health);
                 let stuck_after = self.cfg.stuck_exit_after;
                 let device = self.cfg.device.clone();
+                let debug_no_fence = self.cfg.debug_no_fence;
                 tokio::spawn(async move {
-                    if tokio::time::timeout(stuck_after, handle).await.is_err() {
+                    tokio::pin!(handle);
+                    if tokio::time::timeout(stuck_after, &mut handle)
+                        .await
+                        .is_err()
+                    {
+                        if !debug_no_fence {
+                            tracing::error!(
+                                device = %device,
+                                "a disk {op} has been stuck in the kernel for {stuck_after:?} past its deadline; exiting so the service manager restarts this server"
+                            );
+                            std::process::exit(EXIT_DISK_STUCK);
+                        }
                         tracing::error!(
                             device = %device,
-                            "a disk {op} has been stuck in the kernel for {stuck_after:?} past its deadline; exiting so the service manager restarts this server"
+                            "DEBUG MODE: would exit with code {EXIT_DISK_STUCK} (a disk {op} has been stuck in the kernel for {stuck_after:?} past its deadline); staying up, not serving until it finishes"
                         );
-                        std::process::exit(EXIT_DISK_STUCK);
+                        let _ = handle.await;
                     }
                     health.overdue_ops.fetch_sub(1, Ordering::AcqRel);
                 });
@@ -687,6 +701,7 @@ impl DiskService {
             counters: self.metrics.counters(),
             latency_p50_us: self.metrics.latency_quantile_us(0.5),
             latency_p99_us: self.metrics.latency_quantile_us(0.99),
+            debug_no_fence: self.cfg.debug_no_fence,
         }
     }
 
@@ -798,6 +813,7 @@ mod tests {
                 stuck_exit_after: Duration::from_secs(60),
                 body_idle_timeout: Duration::from_secs(1),
                 probed_size: 1 << 20,
+                debug_no_fence: false,
             },
             gate: Arc::clone(&gate),
             locks: RangeLock::new(),

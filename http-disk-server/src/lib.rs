@@ -66,6 +66,13 @@ pub struct Args {
     /// command line win. E.g. /etc/xha-heartbeat/<volume>.toml.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Debug mode, like XHA's: act on nothing destructive. The DRBD arbiter
+    /// logs "DEBUG MODE: would ..." instead of `secondary --force` and instead
+    /// of exiting non-zero when it cannot demote, and a disk stuck in the
+    /// kernel is logged instead of exiting. The status JSON shows it. Never
+    /// in production: a host that cannot demote stays Primary.
+    #[arg(long)]
+    pub debug_no_fence: bool,
     /// Largest byte count one GET or PUT may carry.
     #[arg(long, default_value_t = heartbeat_wire::DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: u64,
@@ -373,6 +380,7 @@ pub fn make_arbiter(args: &Args, probe: &DiskProbe) -> anyhow::Result<Box<dyn Ar
                 derive_may_promote: args.drbd_derive_may_promote,
                 events2_plain: args.drbd_events2_plain,
                 kernel: args.drbd_kernel,
+                debug_no_fence: args.debug_no_fence,
             },
         )),
     })
@@ -381,6 +389,9 @@ pub fn make_arbiter(args: &Args, probe: &DiskProbe) -> anyhow::Result<Box<dyn Ar
 /// Run the server until SIGTERM/SIGINT. Returns Ok for an orderly exit.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let auth = auth_policy(&args)?;
+    if args.debug_no_fence {
+        tracing::warn!(disk = %args.disk.display(), "DEBUG MODE (--debug-no-fence): no `secondary --force`, no escalation exit, no stuck-disk exit; each is logged as \"DEBUG MODE: would ...\" instead. A host that cannot demote stays Primary: never in production");
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
@@ -417,6 +428,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             stuck_exit_after: (io_deadline * 10).max(Duration::from_secs(30)),
             body_idle_timeout: Duration::from_millis(args.header_timeout_ms.max(100)),
             probed_size: probe.size,
+            debug_no_fence: args.debug_no_fence,
         },
         gate: Arc::clone(&gate),
         locks: range_lock::RangeLock::new(),

@@ -564,3 +564,40 @@ fn outdated_disk_waits_and_says_why_before_promoting() {
     fake.wait_call("primary r0", 1, &server);
     wait_role(&cfg, &server, Role::Serving);
 }
+
+/// (4b) `--debug-no-fence`: both demotions fail, yet nothing destructive
+/// happens: no `secondary --force` is run, the process does not exit, and
+/// the log and the status say what would have been done.
+#[test]
+fn debug_mode_logs_instead_of_forcing_and_escalating() {
+    let disk = TempDisk::zeroed(SIZE);
+    let fake = FakeDrbd::new(&disk);
+    fake.set_rc("secondary", 11);
+    fake.set_rc("secondary-force", 11);
+    fake.append(&dump("Secondary", true, "Secondary"));
+    let (mut server, cfg) = start(&disk, &fake, &["--debug-no-fence"]);
+    let st = wait_role(&cfg, &server, Role::Serving);
+    assert!(st.debug_no_fence, "the status shows debug mode: {st:?}");
+
+    fake.append(&device_line("change", "UpToDate", false));
+    fake.wait_call("secondary r0", 1, &server);
+    let st = wait_reason(&cfg, &server, "DEBUG MODE");
+    assert!(st.debug_no_fence);
+    let log = poll_until(WAIT, || {
+        let log = server.log();
+        log.contains("DEBUG MODE: would escalate").then_some(log)
+    })
+    .unwrap_or_else(|| panic!("no would-be escalation logged:\n{}", server.log()));
+    assert!(
+        log.contains("DEBUG MODE: would run `drbdsetup secondary --force r0`"),
+        "{log}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        server.try_exit_status().is_none(),
+        "debug mode must not exit; log:\n{}",
+        server.log()
+    );
+    assert_eq!(fake.count("secondary --force r0"), 0, "{:?}", fake.calls());
+    sigterm_and_expect_clean_exit(&mut server);
+}

@@ -106,6 +106,9 @@ pub struct DrbdConfig {
     pub events2_plain: bool,
     /// DRBD 9 or 8.4 (how `primary`/`secondary` address the resource).
     pub kernel: DrbdKernel,
+    /// `--debug-no-fence`: log `secondary --force` and the escalation exit
+    /// instead of doing them (the election then stays escalated: standby).
+    pub debug_no_fence: bool,
 }
 
 impl Default for DrbdConfig {
@@ -121,6 +124,7 @@ impl Default for DrbdConfig {
             derive_may_promote: false,
             events2_plain: false,
             kernel: DrbdKernel::Auto,
+            debug_no_fence: false,
         }
     }
 }
@@ -498,6 +502,15 @@ impl Driver {
                     tracing::info!(resource = %self.resource, "drbd arbiter stopped");
                     return Ok(());
                 }
+                if shutdown_requested
+                    && self.config.debug_no_fence
+                    && self.promoter.phase() == Phase::Escalated
+                {
+                    // Escalated ignores Shutdown; without debug mode the
+                    // process had already exited.
+                    tracing::warn!(resource = %self.resource, "DEBUG MODE: shutting down with the DRBD resource still escalated (not demoted)");
+                    return Ok(());
+                }
             }
             self.publish_standby_reason();
         }
@@ -728,6 +741,12 @@ impl Driver {
                 }
                 Step::Result(Input::SecondaryResult(drbdsetup::outcome(&result)))
             }
+            Action::RunSecondaryForce if self.config.debug_no_fence => {
+                tracing::warn!(resource = %res, host = %self.host, "DEBUG MODE: would run `drbdsetup secondary --force {res}` (failing the remaining I/O); not running it, counting it as failed");
+                Step::Result(Input::SecondaryResult(
+                    linstor::promoter::CommandOutcome::Failed,
+                ))
+            }
             Action::RunSecondaryForce => {
                 let result = self.drbdsetup.secondary_force(&res).await;
                 if let Err(e) = &result {
@@ -736,6 +755,17 @@ impl Driver {
                     tracing::warn!(resource = %res, "demoted to Secondary with --force (remaining I/O was failed)");
                 }
                 Step::Result(Input::SecondaryResult(drbdsetup::outcome(&result)))
+            }
+            Action::Escalate { reason } if self.config.debug_no_fence => {
+                tracing::error!(
+                    resource = %res, host = %self.host,
+                    "DEBUG MODE: would escalate: exit non-zero so the service manager restarts or fences this host (could not demote DRBD resource {res}: {reason}); staying up, serving nothing"
+                );
+                self.ctx.publish(Grant::standby(format!(
+                    "DEBUG MODE: could not demote DRBD resource {res} on {}: {reason}; would have exited for fencing",
+                    self.host
+                )));
+                Step::Continue
             }
             Action::Escalate { reason } => Step::Escalate(reason),
             Action::ShutdownComplete => {
