@@ -135,7 +135,14 @@ fn main() -> Result<()> {
         .arg("--file")
         .arg(&nbd_bin)
         .arg("--file")
-        .arg(&io);
+        .arg(&io)
+        // The guest's nbd-http-server signs its requests with the pool key the
+        // host servers were started with, as in production.
+        .arg("--file")
+        .arg(format!(
+            "{}:/etc/xha-heartbeat/pool.key",
+            heartbeat_tests::test_key_file().display()
+        ));
     for p in [
         "mode=bench".to_string(),
         format!("urls={}", urls.join(",")),
