@@ -241,3 +241,58 @@ fn bad_tls_files_are_refused_at_start() {
     .unwrap();
     assert!(!st.success() && err.contains("--tls-ca"), "{out}{err}");
 }
+
+#[test]
+fn failover_between_tls_servers() {
+    require_tool("qemu-io");
+    let disk = TempDisk::zeroed(SIZE);
+    let pki = make_pki(disk.dir.path(), "good");
+    // Two servers on one file with the `file` arbiter: the first one started
+    // holds the role, the second is a standby that hints at it (https://).
+    let start = || {
+        let mut cfg = DiskServerConfig::new(&disk.path);
+        cfg.arbiter = Some("file".into());
+        cfg.extra = vec![
+            "--tls-cert".into(),
+            pki.cert.display().to_string(),
+            "--tls-key".into(),
+            pki.key.display().to_string(),
+        ];
+        let d = start_disk_server(&cfg, disk.dir.path()).expect("start http-disk-server");
+        (d, cfg)
+    };
+    let (mut first, a) = start();
+    let (_second, b) = start();
+    let mut nbd = NbdServerConfig::new(disk.file("nbd.sock"), vec![https_url(&b), https_url(&a)]);
+    nbd.device_size = Some(SIZE);
+    nbd.extra = vec!["--tls-ca".into(), pki.ca.display().to_string()];
+    let n = start_nbd_server(&nbd, disk.dir.path()).unwrap();
+    let (ok, text) = qemu_io(&nbd.socket, "statefile", &["write -P 0x11 0 4096"]);
+    assert!(ok, "{text}");
+    assert_eq!(disk.read(0, 4096), vec![0x11; 4096]);
+
+    first.kill_now();
+    let started = std::time::Instant::now();
+    loop {
+        let (ok, text) = qemu_io(
+            &nbd.socket,
+            "statefile",
+            &["write -P 0x22 0 4096", "read -P 0x22 0 4096"],
+        );
+        if ok {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no write after the serving TLS server died: {text}\n{}",
+            n.log()
+        );
+    }
+    assert_eq!(disk.read(0, 4096), vec![0x22; 4096]);
+    let log = n.log();
+    assert!(
+        log.contains(&format!("upstream selected: {}", https_url(&a)))
+            && log.contains(&format!("failover: now serving from {}", https_url(&b))),
+        "the client started on the first server and moved to the second: {log}"
+    );
+}
