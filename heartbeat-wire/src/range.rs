@@ -25,8 +25,11 @@ impl ByteRange {
         self.first
     }
 
+    /// Bytes in the range. Saturates for the one range whose length does not
+    /// fit in a u64 (`0-18446744073709551615`); no device is that large, so
+    /// such a range is refused by every size check downstream.
     pub fn len(&self) -> u64 {
-        self.last - self.first + 1
+        (self.last - self.first).saturating_add(1)
     }
 
     /// Never true: a parsed range holds at least one byte.
@@ -120,7 +123,9 @@ impl RangeRequest {
     pub fn resolve(&self, size: u64) -> Option<ByteRange> {
         match *self {
             Self::Bounded(range) => range.fits_in(size).then_some(range),
-            Self::From(first) => (first < size).then_some(ByteRange {
+            // `then`, not `then_some`: `size - 1` must not be evaluated for an
+            // empty device.
+            Self::From(first) => (first < size).then(|| ByteRange {
                 first,
                 last: size - 1,
             }),
@@ -301,6 +306,16 @@ mod tests {
             ContentRange::parse("bytes 9-1/*"),
             Err(RangeError::Reversed { .. })
         ));
+    }
+
+    #[test]
+    fn empty_device_and_full_width_ranges_do_not_overflow() {
+        // Found by the http_range fuzz target.
+        assert_eq!(RangeRequest::From(0).resolve(0), None);
+        assert_eq!(RangeRequest::Suffix(5).resolve(0), None);
+        let full = ContentRange::parse("bytes 0-18446744073709551615/*").unwrap();
+        assert_eq!(full.range.len(), u64::MAX);
+        assert!(!full.range.fits_in(u64::MAX));
     }
 
     #[test]
