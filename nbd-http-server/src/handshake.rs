@@ -176,6 +176,17 @@ impl Handshake {
     }
 
     fn reply(&mut self, option: u32, reply_type: u32, data: &[u8]) {
+        // An error reply carries a UTF-8 message that the spec caps at
+        // MAX_STRING_LEN bytes; messages may echo client input, so cut them.
+        let data = if reply_type & nbd::REP_FLAG_ERROR != 0 && data.len() > nbd::MAX_STRING_LEN {
+            let mut end = nbd::MAX_STRING_LEN;
+            while end > 0 && !is_utf8_boundary(data, end) {
+                end -= 1;
+            }
+            &data[..end]
+        } else {
+            data
+        };
         self.output
             .extend_from_slice(&nbd::encode_option_reply(option, reply_type, data));
     }
@@ -276,6 +287,12 @@ impl Handshake {
             self.reply(option, nbd::REP_INFO, &desc.encode());
         }
     }
+}
+
+/// Whether `end` falls between UTF-8 characters of `data` (a continuation
+/// byte has the top bits `10`).
+fn is_utf8_boundary(data: &[u8], end: usize) -> bool {
+    end >= data.len() || data[end] & 0xC0 != 0x80
 }
 
 #[cfg(test)]
@@ -448,6 +465,24 @@ mod tests {
         assert_eq!(
             hs.receive(&go(b"statefile", vec![])),
             Progress::Transmission { leftover: vec![] }
+        );
+    }
+
+    #[test]
+    fn error_messages_echoing_a_long_name_stay_within_the_string_limit() {
+        // Found by the nbd_handshake fuzz target: a 4 KiB export name.
+        let mut hs = started(1);
+        let long = "é".repeat(3000); // two bytes each: the cut must land between characters
+        assert_eq!(
+            hs.receive(&go(long.as_bytes(), vec![])),
+            Progress::NeedInput
+        );
+        let r = replies(&hs.take_output());
+        assert_eq!(r[0].1, nbd::REP_ERR_UNKNOWN);
+        assert!(r[0].2.len() <= nbd::MAX_STRING_LEN);
+        assert!(
+            std::str::from_utf8(&r[0].2).is_ok(),
+            "cut inside a character"
         );
     }
 
