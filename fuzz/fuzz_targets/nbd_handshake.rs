@@ -22,7 +22,7 @@
 
 #![no_main]
 
-use heartbeat_fuzz::{chunk_sizes, known_bug, AllocMeter, Input};
+use heartbeat_fuzz::{chunk_sizes, AllocMeter, Input};
 use heartbeat_wire::nbd::{self, InfoReply};
 use libfuzzer_sys::fuzz_target;
 use nbd_http_server::handshake::{
@@ -136,10 +136,8 @@ impl<'a> Replies<'a> {
                 std::str::from_utf8(data).is_ok(),
                 "error message of {reply_type:#x} is not UTF-8"
             );
-            // handshake.rs echoes the requested name into NBD_REP_ERR_UNKNOWN.
-            let known = known_bug("nbd-error-message-too-long");
             assert!(
-                known || data.len() <= nbd::MAX_STRING_LEN,
+                data.len() <= nbd::MAX_STRING_LEN,
                 "error message of {reply_type:#x} to option {option} is {} bytes, more than the protocol's {}-byte string limit",
                 data.len(),
                 nbd::MAX_STRING_LEN
