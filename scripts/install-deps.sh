@@ -4,7 +4,7 @@
 # (nbdkit), curl, and iproute2 for network namespaces. Idempotent.
 set -euo pipefail
 
-packages=(libnbd-bin python3-libnbd nbdkit nbdfuse fio curl iproute2 procps)
+packages=(libnbd-bin python3-libnbd python3-prometheus-client nbdkit nbdfuse fio curl iproute2 procps)
 # qemu-io: the machine may carry a newer qemu-utils than Debian's; keep it.
 command -v qemu-io >/dev/null 2>&1 || packages+=(qemu-utils)
 

@@ -1,6 +1,8 @@
 //! nbd-http-server's Prometheus page (`--metrics-listen`): scraped after real
 //! NBD I/O (qemu-io) and after a failover between two http-disk-servers
-//! (`file` arbiter), the counters must have moved.
+//! (`file` arbiter), the counters must have moved. Both daemons' pages must
+//! parse with the Prometheus project's own Python text parser
+//! (`python3-prometheus-client`), not just with our greps.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -28,6 +30,43 @@ fn sample(text: &str, prefix: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no sample {prefix} in:\n{text}"))
+}
+
+/// Parse a metrics page with `prometheus_client.parser` and return the metric
+/// family names it found; fails the test if the parser refuses the page.
+fn prometheus_families(text: &str) -> Vec<String> {
+    // A string continuation would strip Python's indentation: join lines.
+    let script = [
+        "import sys",
+        "from prometheus_client.parser import text_string_to_metric_families",
+        "for f in text_string_to_metric_families(sys.stdin.read()):",
+        "    list(f.samples)",
+        "    print(f.name)",
+    ]
+    .join("\n");
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run /usr/bin/python3 (python3-prometheus-client installed?)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus text parser refused the page: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Five 1 KiB writes, a read checking them, a flush (qemu-io).
@@ -69,6 +108,17 @@ fn metrics_count_requests_latency_and_failover() {
     let _nbd = start_nbd_server(&nbd, &dir).unwrap();
 
     let before = scrape(&metrics_addr);
+    let families = prometheus_families(&before);
+    for family in [
+        "nbd_http_requests",
+        "nbd_http_request_duration_seconds",
+        "nbd_http_upstream_failovers",
+    ] {
+        assert!(
+            families.iter().any(|f| f == family),
+            "{family} missing: {families:?}"
+        );
+    }
     assert_eq!(
         sample(
             &before,
@@ -151,6 +201,14 @@ fn metrics_count_requests_latency_and_failover() {
         "{failed_over}"
     );
     assert!(sample(&failed_over, writes) >= 10.0, "{failed_over}");
+    assert!(!prometheus_families(&failed_over).is_empty());
+
+    // The serving http-disk-server's page parses too, and counted the writes.
+    let server_page = http_disk_server_metrics(&cluster.urls()[next]);
+    assert!(
+        !prometheus_families(&server_page).is_empty(),
+        "http-disk-server metrics page is empty"
+    );
     assert_eq!(
         sample(
             &failed_over,
@@ -158,4 +216,20 @@ fn metrics_count_requests_latency_and_failover() {
         ),
         0.0
     );
+}
+
+/// `GET /metrics` from an http-disk-server (no auth needed for metrics).
+fn http_disk_server_metrics(url: &str) -> String {
+    let addr = url.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).expect("connect to http-disk-server");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    reply.split_once("\r\n\r\n").unwrap().1.to_owned()
 }
