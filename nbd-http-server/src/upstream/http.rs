@@ -43,7 +43,15 @@
 //!   3 s.
 //! * probe: connect timeout + 300 ms.
 //! * per request: the [`FailoverDeadline`], derived from XHA's budget.
+//!
+//! # Response polling
+//!
+//! A lone request polls the serving server's connection for its answer for
+//! up to [`HttpUpstreamConfig::response_poll`] (see
+//! [`super::http1::PollBudget`]); the budget is learnt per serving server, so
+//! a failover starts afresh. Probes never poll but count as in flight.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,11 +61,16 @@ use tracing::{debug, info, warn};
 
 use heartbeat_wire::auth::PoolKey;
 
-use super::http1::{Endpoint, Pool, Request, Response};
+use super::http1::{Endpoint, Pool, Request, Response, ResponsePoll};
 use super::{Upstream, UpstreamError};
 
 /// After a probe round has a candidate, how much longer it waits for others.
 pub const CANDIDATE_GRACE: Duration = Duration::from_millis(50);
+
+/// Default cap on polling for an answer, in microseconds
+/// (`--upstream-poll-us`): a loopback or same-host answer takes 50 to
+/// 300 us, a DRBD protocol C write about a millisecond (not polled).
+pub const DEFAULT_RESPONSE_POLL_US: u64 = 500;
 
 /// The per-request deadline, derived from XHA's statefile budget.
 ///
@@ -105,6 +118,9 @@ pub struct HttpUpstreamConfig {
     /// TLS settings (trusted CA) for `https://` URLs; required when any URL
     /// is `https://`.
     pub tls: Option<super::http1::TlsClientConfig>,
+    /// Longest a lone request polls a plain connection for its answer before
+    /// sleeping in the runtime; zero never polls.
+    pub response_poll: Duration,
 }
 
 impl HttpUpstreamConfig {
@@ -121,6 +137,7 @@ impl HttpUpstreamConfig {
             backoff_max: Duration::from_millis(200),
             auth: None,
             tls: None,
+            response_poll: Duration::from_micros(DEFAULT_RESPONSE_POLL_US),
         }
     }
 
@@ -165,6 +182,9 @@ pub struct HttpUpstream {
     endpoints: Vec<Endpoint>,
     current: Mutex<Current>,
     probe: tokio::sync::Mutex<ProbeRecord>,
+    /// Upstream exchanges in flight, probes included: polling for an answer
+    /// is only for a lone one.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl HttpUpstream {
@@ -195,6 +215,7 @@ impl HttpUpstream {
             probe: tokio::sync::Mutex::new(ProbeRecord {
                 last_round_started: None,
             }),
+            in_flight: Arc::default(),
         })
     }
 
@@ -393,7 +414,10 @@ impl HttpUpstream {
                 c.target = Some(Arc::new(Target {
                     endpoint,
                     epoch: winner.epoch,
-                    pool: Pool::new(self.config.tls.clone()),
+                    pool: Pool::new(
+                        self.config.tls.clone(),
+                        ResponsePoll::new(self.config.response_poll, self.in_flight.clone()),
+                    ),
                 }));
                 c.generation += 1;
                 let took = failed_at.elapsed();
@@ -463,9 +487,11 @@ impl HttpUpstream {
                 let connect_timeout = self.config.connect_timeout;
                 let auth = self.config.auth.clone();
                 let tls = self.config.tls.clone();
+                let in_flight = self.in_flight.clone();
                 let probe_deadline = deadline.min(Instant::now() + self.config.probe_timeout);
                 set.spawn(async move {
-                    let pool = Pool::new(tls);
+                    // A probe is not latency-critical, and several run at once.
+                    let pool = Pool::new(tls, ResponsePoll::new(Duration::ZERO, in_flight));
                     let r = pool
                         .send(
                             &ep,

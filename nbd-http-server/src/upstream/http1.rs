@@ -17,9 +17,24 @@
 //! Connections are kept alive and pooled per server ([`Pool`]); a connection
 //! is returned to the pool only after a complete response on a keep-alive
 //! exchange.
+//!
+//! # Polling for the answer
+//!
+//! A task that sleeps in `epoll_wait` while the server answers on another CPU
+//! is woken by an inter-processor interrupt; on a small VM that wake-up
+//! (IPI, halt exit, reschedule) costs about 26 us, a large share of a
+//! loopback round trip. So after sending a request on a plain connection,
+//! when it is the only exchange in flight, [`Connection::exchange`] first
+//! polls the socket with non-blocking `recv`s for a bounded time, yielding
+//! the CPU between attempts, and only then falls back to the runtime. The
+//! bound adapts like the kernel's hybrid block polling ([`PollBudget`]):
+//! twice the recent response wait, capped, and no polling at all for
+//! servers slower than the cap.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,6 +48,8 @@ use tokio::time::Instant;
 const MAX_HEAD: usize = 16 * 1024;
 /// Idle connections kept per server.
 const MAX_IDLE: usize = 64;
+/// Most bytes taken from the socket per read into the connection buffer.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// Where a block server lives: `http[s]://host:port[/path]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,6 +273,128 @@ pub fn tls_client_config(ca_pem: &std::path::Path) -> Result<TlsClientConfig, St
     Ok(Arc::new(config))
 }
 
+/// How long to poll for the next response before sleeping in the runtime:
+/// hybrid polling. Sans-I/O: it is told the response waits observed and
+/// answers with a budget.
+///
+/// The budget is twice the moving average of the waits, so a typical answer
+/// lands inside it, capped at `max`. When the average itself exceeds `max`
+/// (a server across a real network, a replicated disk syncing every write)
+/// there is no polling: the wake-up saved would be small against the round
+/// trip and the polling would only burn CPU. With no history yet it polls up
+/// to `max`; `max` zero disables polling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PollBudget {
+    max: Duration,
+    /// Moving average of the response waits; None before the first.
+    average: Option<Duration>,
+}
+
+impl PollBudget {
+    /// A new sample's weight in the average is 1/2^SHIFT (1/8, as TCP's
+    /// smoothed round-trip time): one slow answer does not switch polling
+    /// off, a lasting change does within a few dozen requests.
+    const SHIFT: u32 = 3;
+
+    pub fn new(max: Duration) -> Self {
+        Self { max, average: None }
+    }
+
+    /// Whether this budget can ever be non-zero.
+    pub fn enabled(&self) -> bool {
+        !self.max.is_zero()
+    }
+
+    /// How long to poll for the next response; zero: do not poll.
+    pub fn budget(&self) -> Duration {
+        match self.average {
+            _ if !self.enabled() => Duration::ZERO,
+            None => self.max,
+            Some(average) if average > self.max => Duration::ZERO,
+            Some(average) => (average * 2).min(self.max),
+        }
+    }
+
+    /// One observed wait, from the request sent to its response head read.
+    pub fn record(&mut self, wait: Duration) {
+        self.average = Some(match self.average {
+            None => wait,
+            Some(average) => average - average / (1 << Self::SHIFT) + wait / (1 << Self::SHIFT),
+        });
+    }
+}
+
+/// Response polling for one server's connections: its [`PollBudget`] and the
+/// count of exchanges in flight, shared by every pool of one upstream.
+#[derive(Debug, Default)]
+pub struct ResponsePoll {
+    budget: Mutex<PollBudget>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl ResponsePoll {
+    /// Poll for at most `max` (zero: never), counting exchanges in
+    /// `in_flight`.
+    pub fn new(max: Duration, in_flight: Arc<AtomicUsize>) -> Self {
+        Self {
+            budget: Mutex::new(PollBudget::new(max)),
+            in_flight,
+        }
+    }
+
+    fn budget(&self) -> PollBudget {
+        *self.budget.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, wait: Duration) {
+        self.budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(wait);
+    }
+
+    /// Count one exchange in flight until the guard drops (also when the
+    /// exchange is cancelled by its timeout).
+    fn enter(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            count: &self.in_flight,
+        }
+    }
+}
+
+/// One exchange counted in flight.
+#[derive(Debug)]
+struct InFlight<'a> {
+    count: &'a AtomicUsize,
+}
+
+impl InFlight<'_> {
+    /// No other exchange is in flight now.
+    fn alone(&self) -> bool {
+        self.count.load(Ordering::Relaxed) == 1
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What ended [`Connection::poll_for_response`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PollEnd {
+    /// Response bytes are in the buffer.
+    Data,
+    /// The server closed the connection; the read path reports it.
+    Closed,
+    /// The budget ran out; the read path waits in the runtime.
+    Spent,
+    /// Not polled: a TLS stream, or bytes already buffered.
+    Skipped,
+}
+
 /// The byte stream under a connection. An enum rather than a trait object so
 /// that the plain path stays a direct `TcpStream` call (no box, no vtable).
 #[derive(Debug)]
@@ -342,22 +481,109 @@ impl Connection {
         })
     }
 
-    /// Send one request and read its whole response.
+    /// Send one request and read its whole response; when it is the only
+    /// exchange in flight, poll for the answer first (see the module docs).
     pub async fn exchange(
         &mut self,
         endpoint: &Endpoint,
         request: &Request<'_>,
         auth: Option<&PoolKey>,
+        poll: &ResponsePoll,
     ) -> Result<Response, HttpError> {
+        let in_flight = poll.enter();
         let bytes = request.encode(endpoint, auth);
         self.stream.send(&bytes).await?;
+        // Only alone: the runtime is current-thread, and polling would hold
+        // up every other request it serves. The averages are learnt from
+        // these exchanges only, as they are the ones the budget is for (with
+        // more in flight, waits include queueing behind the others).
+        let budget = poll.budget();
+        let mut sent = (in_flight.alone() && budget.enabled()).then(std::time::Instant::now);
+        if sent.is_some() {
+            let budget = budget.budget();
+            if !budget.is_zero() {
+                self.poll_for_response(budget)?;
+            }
+        }
         loop {
-            let resp = self.read_response(matches!(request, Request::Head)).await?;
+            let (head, chunked) = self.read_head().await?;
+            if let Some(sent) = sent.take() {
+                poll.record(sent.elapsed());
+            }
+            let head_request = matches!(request, Request::Head);
+            let resp = self.read_body(head, chunked, head_request).await?;
             // An interim 1xx is followed by the real answer.
             if (100..200).contains(&resp.status) {
                 continue;
             }
             return Ok(resp);
+        }
+    }
+
+    /// Wait up to `budget` for the first response bytes by polling the
+    /// socket, so that an answer arriving within it costs no wake-up of a
+    /// sleeping thread. Bytes read go to `buf` exactly as [`Self::fill`]
+    /// would put them; a socket error is returned (reading it clears it, so
+    /// the read path would see only a close).
+    fn poll_for_response(&mut self, budget: Duration) -> io::Result<PollEnd> {
+        // Never for TLS: the socket carries records that only rustls may
+        // consume, and a TLS server is usually remote, where the round trip
+        // dwarfs the wake-up.
+        let fd = match &self.stream {
+            Stream::Plain(tcp) => tcp.as_raw_fd(),
+            Stream::Tls(_) => return Ok(PollEnd::Skipped),
+        };
+        if self.pos != self.buf.len() {
+            return Ok(PollEnd::Skipped);
+        }
+        // As in `fill`: everything is consumed, so the buffer starts over.
+        self.buf.clear();
+        self.pos = 0;
+        self.buf.reserve(READ_CHUNK);
+        // Not tokio's `TcpStream::try_read`: after one `WouldBlock` it waits
+        // for the reactor to report readiness and stops calling `recv`.
+        // Reading the fd behind tokio's back is safe for its readiness
+        // tracking: new data always raises a fresh edge-triggered event, and
+        // a stale "readable" only costs it one `recv` returning EAGAIN.
+        let started = std::time::Instant::now();
+        loop {
+            let spare = &mut self.buf.spare_capacity_mut()[..READ_CHUNK];
+            // SAFETY: `spare` is writable memory of `spare.len()` bytes that
+            // `self.buf` owns and nothing else references during the call;
+            // `fd` is the open socket of `self.stream`, which `&mut self`
+            // keeps alive.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    spare.as_mut_ptr().cast(),
+                    spare.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                // SAFETY: `recv` initialised the first `n` bytes of the spare
+                // capacity (n <= READ_CHUNK, which `reserve` made room for).
+                unsafe { self.buf.set_len(n as usize) };
+                return Ok(PollEnd::Data);
+            }
+            if n == 0 {
+                return Ok(PollEnd::Closed);
+            }
+            let error = io::Error::last_os_error();
+            if !matches!(
+                error.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) {
+                return Err(error);
+            }
+            if started.elapsed() >= budget {
+                return Ok(PollEnd::Spent);
+            }
+            // Yield rather than spin: on a small VM the server (or the NBD
+            // client) may need this very CPU to produce the answer, and a
+            // pure spin starves it and makes latency worse.
+            // SAFETY: `sched_yield` takes no arguments and touches no memory.
+            unsafe { libc::sched_yield() };
         }
     }
 
@@ -367,10 +593,11 @@ impl Connection {
             self.pos = 0;
         }
         // Read into spare capacity: no zero-filling of 16 KiB per read.
-        Ok(read_spare(&mut self.stream, &mut self.buf, 16 * 1024).await?)
+        Ok(read_spare(&mut self.stream, &mut self.buf, READ_CHUNK).await?)
     }
 
-    async fn read_response(&mut self, head_request: bool) -> Result<Response, HttpError> {
+    /// The next response head, parsed, and whether its body is chunked.
+    async fn read_head(&mut self) -> Result<(Response, bool), HttpError> {
         let head_end = loop {
             if let Some(i) = find(&self.buf[self.pos..], b"\r\n\r\n") {
                 break self.pos + i + 4;
@@ -391,7 +618,7 @@ impl Connection {
             .map_err(|_| HttpError::Protocol("response head is not UTF-8".into()))?
             .to_owned();
         self.pos = head_end;
-        let mut resp = parse_head(&head)?;
+        let resp = parse_head(&head)?;
         let mut chunked = false;
         for line in head.split("\r\n").skip(1) {
             if let Some((name, value)) = line.split_once(':') {
@@ -403,6 +630,16 @@ impl Connection {
                 }
             }
         }
+        Ok((resp, chunked))
+    }
+
+    /// The body of the response `resp` heads, into `resp.body`.
+    async fn read_body(
+        &mut self,
+        mut resp: Response,
+        chunked: bool,
+        head_request: bool,
+    ) -> Result<Response, HttpError> {
         let no_body = head_request || resp.status == 204 || resp.status == 304 || resp.status < 200;
         if no_body {
             return Ok(resp);
@@ -549,14 +786,18 @@ pub struct Pool {
     idle: Mutex<Vec<Connection>>,
     /// TLS settings for `https://` endpoints.
     tls: Option<TlsClientConfig>,
+    /// Polling for this server's answers.
+    poll: ResponsePoll,
 }
 
 impl Pool {
-    /// A pool that can also reach `https://` endpoints.
-    pub fn new(tls: Option<TlsClientConfig>) -> Self {
+    /// A pool that can also reach `https://` endpoints (with `tls`) and
+    /// polls for answers as `poll` allows.
+    pub fn new(tls: Option<TlsClientConfig>, poll: ResponsePoll) -> Self {
         Self {
             idle: Mutex::default(),
             tls,
+            poll,
         }
     }
 
@@ -589,7 +830,7 @@ impl Pool {
     ) -> Result<Response, HttpError> {
         let work = async {
             if let Some(mut conn) = self.take() {
-                match conn.exchange(endpoint, request, auth).await {
+                match conn.exchange(endpoint, request, auth, &self.poll).await {
                     Ok(resp) => return self.finish(conn, resp),
                     Err(HttpError::ClosedBeforeAnswer) => {}
                     Err(HttpError::Io(e))
@@ -606,7 +847,7 @@ impl Pool {
             }
             let mut conn =
                 Connection::connect(endpoint, self.tls.as_ref(), connect_timeout).await?;
-            let resp = conn.exchange(endpoint, request, auth).await?;
+            let resp = conn.exchange(endpoint, request, auth, &self.poll).await?;
             self.finish(conn, resp)
         };
         match tokio::time::timeout_at(deadline, work).await {
@@ -740,5 +981,296 @@ mod tests {
         );
         assert!(parse_head("SSH-2.0-OpenSSH").is_err());
         assert!(parse_head("HTTP/1.1 200 OK\r\nContent-Length: x").is_err());
+    }
+
+    const US: Duration = Duration::from_micros(1);
+
+    #[test]
+    fn poll_budget_follows_twice_the_average_up_to_max() {
+        let mut b = PollBudget::new(500 * US);
+        // No history: poll up to the cap.
+        assert_eq!(b.budget(), 500 * US);
+        // The first wait is the average.
+        b.record(100 * US);
+        assert_eq!(b.budget(), 200 * US);
+        // A new wait weighs 1/8.
+        b.record(180 * US);
+        assert_eq!(b.budget(), 220 * US);
+        // Twice the average is capped.
+        for _ in 0..50 {
+            b.record(400 * US);
+        }
+        assert_eq!(b.budget(), 500 * US);
+        // Faster again: the budget comes down with the average.
+        for _ in 0..100 {
+            b.record(50 * US);
+        }
+        assert!(b.budget() <= 101 * US, "{:?}", b.budget());
+    }
+
+    #[test]
+    fn poll_budget_is_off_while_the_average_exceeds_max() {
+        let mut b = PollBudget::new(500 * US);
+        b.record(2 * 1000 * US); // a DRBD protocol C write
+        assert_eq!(b.budget(), Duration::ZERO);
+        // One fast answer does not switch polling back on ...
+        b.record(100 * US);
+        assert_eq!(b.budget(), Duration::ZERO);
+        // ... a lasting change does.
+        for _ in 0..30 {
+            b.record(100 * US);
+        }
+        assert!(!b.budget().is_zero());
+        // Exactly at the cap still polls.
+        let mut b = PollBudget::new(500 * US);
+        b.record(500 * US);
+        assert_eq!(b.budget(), 500 * US);
+    }
+
+    #[test]
+    fn poll_budget_is_off_when_max_is_zero() {
+        let mut b = PollBudget::new(Duration::ZERO);
+        assert!(!b.enabled());
+        assert_eq!(b.budget(), Duration::ZERO);
+        b.record(10 * US);
+        assert_eq!(b.budget(), Duration::ZERO);
+        assert_eq!(PollBudget::default().budget(), Duration::ZERO);
+    }
+
+    #[test]
+    fn in_flight_guards_count_across_pools_and_release_on_drop() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let a = ResponsePoll::new(500 * US, count.clone());
+        let b = ResponsePoll::new(Duration::ZERO, count.clone());
+        let first = a.enter();
+        assert!(first.alone());
+        {
+            let second = b.enter();
+            assert!(!second.alone() && !first.alone());
+            assert!(!a.enter().alone());
+            assert_eq!(count.load(Ordering::Relaxed), 2);
+        }
+        assert!(first.alone());
+        drop(first);
+        assert_eq!(count.load(Ordering::Relaxed), 0);
+        assert!(a.enter().alone());
+    }
+
+    /// A blocking HTTP server on its own thread, so that it answers while
+    /// the test's runtime thread polls. Connections are served one after
+    /// the other; `answer` maps a request head to the bytes to send back, or
+    /// None to close the connection. Returns the endpoint and the count of
+    /// connections accepted.
+    fn thread_server(
+        answer: impl Fn(&str) -> Option<Vec<u8>> + Send + 'static,
+    ) -> (Endpoint, Arc<AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut buf = Vec::new();
+                'requests: loop {
+                    let end = loop {
+                        if let Some(i) = find(&buf, b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => break 'requests,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    match answer(&head) {
+                        Some(bytes) => {
+                            if stream.write_all(&bytes).is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    }
+                }
+            }
+        });
+        (Endpoint::parse(&url).unwrap(), accepted)
+    }
+
+    /// Answers `GET` with `len` bytes of a pattern, as a 206.
+    fn pattern_answer(len: usize) -> Vec<u8> {
+        let mut out =
+            format!("HTTP/1.1 206 Partial Content\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+        out.extend((0..len).map(|i| (i % 251) as u8));
+        out
+    }
+
+    async fn connect(endpoint: &Endpoint) -> Connection {
+        Connection::connect(endpoint, None, Duration::from_secs(5))
+            .await
+            .unwrap()
+    }
+
+    const GET: Request<'static> = Request::Get { offset: 0, len: 1 };
+
+    #[tokio::test]
+    async fn polling_reads_the_answer_and_the_read_path_goes_on_from_it() {
+        // Larger than one read: the body continues on the async path.
+        let len = 3 * READ_CHUNK + 17;
+        let (endpoint, accepted) = thread_server(move |_| Some(pattern_answer(len)));
+        let mut conn = connect(&endpoint).await;
+        for _ in 0..3 {
+            conn.stream
+                .send(&GET.encode(&endpoint, None))
+                .await
+                .unwrap();
+            let end = conn.poll_for_response(Duration::from_secs(5)).unwrap();
+            assert_eq!(end, PollEnd::Data);
+            let (head, chunked) = conn.read_head().await.unwrap();
+            let resp = conn.read_body(head, chunked, false).await.unwrap();
+            assert_eq!(resp.status, 206);
+            assert_eq!(resp.body.len(), len);
+            assert!(resp
+                .body
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == (i % 251) as u8));
+            // Everything consumed: the connection can go back to the pool.
+            assert_eq!(conn.pos, conn.buf.len());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn polling_gives_up_after_its_budget_and_the_answer_still_arrives() {
+        let (endpoint, _) = thread_server(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            Some(pattern_answer(512))
+        });
+        let mut conn = connect(&endpoint).await;
+        conn.stream
+            .send(&GET.encode(&endpoint, None))
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let end = conn.poll_for_response(Duration::from_millis(2)).unwrap();
+        assert_eq!(end, PollEnd::Spent);
+        assert!(started.elapsed() >= Duration::from_millis(2));
+        assert!(conn.buf.is_empty());
+        let (head, chunked) = conn.read_head().await.unwrap();
+        let resp = conn.read_body(head, chunked, false).await.unwrap();
+        assert_eq!(resp.body.len(), 512);
+    }
+
+    #[tokio::test]
+    async fn polling_leaves_a_close_to_the_read_path() {
+        let (endpoint, _) = thread_server(|_| None);
+        let mut conn = connect(&endpoint).await;
+        conn.stream
+            .send(&GET.encode(&endpoint, None))
+            .await
+            .unwrap();
+        let end = conn.poll_for_response(Duration::from_secs(5)).unwrap();
+        assert_eq!(end, PollEnd::Closed);
+        assert!(matches!(
+            conn.read_head().await,
+            Err(HttpError::ClosedBeforeAnswer)
+        ));
+    }
+
+    #[tokio::test]
+    async fn polling_returns_a_reset_as_the_error_it_is() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            // Read only part of the request: closing with unread bytes
+            // makes the kernel send RST instead of FIN.
+            let _ = s.read(&mut [0u8; 1]);
+        });
+        let endpoint = Endpoint::parse(&url).unwrap();
+        let mut conn = connect(&endpoint).await;
+        conn.stream
+            .send(&GET.encode(&endpoint, None))
+            .await
+            .unwrap();
+        let e = conn.poll_for_response(Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
+    }
+
+    #[tokio::test]
+    async fn polling_skips_when_bytes_are_already_buffered() {
+        let (endpoint, _) = thread_server(|_| Some(pattern_answer(1)));
+        let mut conn = connect(&endpoint).await;
+        conn.buf.extend_from_slice(b"HTTP/1.1");
+        assert_eq!(
+            conn.poll_for_response(Duration::from_secs(5)).unwrap(),
+            PollEnd::Skipped
+        );
+        assert_eq!(conn.buf, b"HTTP/1.1");
+    }
+
+    #[tokio::test]
+    async fn lone_exchanges_poll_and_learn_the_wait() {
+        let (endpoint, accepted) = thread_server(|_| Some(pattern_answer(512)));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let pool = Pool::new(None, ResponsePoll::new(500 * US, in_flight.clone()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let read = Request::Get {
+            offset: 0,
+            len: 512,
+        };
+        // Another exchange in flight: no polling, nothing learnt.
+        let other = pool.poll.enter();
+        let resp = pool
+            .send(&endpoint, &read, None, Duration::from_secs(1), deadline)
+            .await
+            .unwrap();
+        assert_eq!(resp.body.len(), 512);
+        assert_eq!(pool.poll.budget().average, None);
+        drop(other);
+        // Alone: learnt from each exchange, on one kept-alive connection.
+        for _ in 0..5 {
+            let resp = pool
+                .send(&endpoint, &read, None, Duration::from_secs(1), deadline)
+                .await
+                .unwrap();
+            assert_eq!(resp.body.len(), 512);
+        }
+        assert!(pool.poll.budget().average.is_some());
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(in_flight.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn no_polling_and_no_learning_when_disabled() {
+        let (endpoint, _) = thread_server(|_| Some(pattern_answer(1)));
+        let pool = Pool::new(None, ResponsePoll::new(Duration::ZERO, Arc::default()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        pool.send(&endpoint, &GET, None, Duration::from_secs(1), deadline)
+            .await
+            .unwrap();
+        assert_eq!(pool.poll.budget(), PollBudget::new(Duration::ZERO));
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_exchange_leaves_the_in_flight_count() {
+        let (endpoint, _) = thread_server(|_| {
+            std::thread::sleep(Duration::from_millis(300));
+            Some(pattern_answer(1))
+        });
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let pool = Pool::new(None, ResponsePoll::new(500 * US, in_flight.clone()));
+        let deadline = Instant::now() + Duration::from_millis(20);
+        let r = pool
+            .send(&endpoint, &GET, None, Duration::from_secs(1), deadline)
+            .await;
+        assert!(matches!(r, Err(HttpError::Timeout)), "{r:?}");
+        assert_eq!(in_flight.load(Ordering::SeqCst), 0);
     }
 }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 pub mod http;
 pub mod http1;
 
-pub use http::{FailoverDeadline, HttpUpstream, HttpUpstreamConfig};
+pub use http::{FailoverDeadline, HttpUpstream, HttpUpstreamConfig, DEFAULT_RESPONSE_POLL_US};
 
 /// Why an upstream call failed. Each maps to one NBD error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
