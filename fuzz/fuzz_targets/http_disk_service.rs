@@ -39,6 +39,7 @@ use http_disk_server::disk::{Disk, DiskError};
 use http_disk_server::gate::{DiskOpener, Gate};
 use heartbeat_wire::auth::{PoolKey, PoolKeys, Verifier, HEADER_AUTH};
 use http_disk_server::http::{AuthPolicy, DiskService, HttpConfig};
+use http_disk_server::io_watchdog::{IoWatchdog, WatchdogConfig};
 use http_disk_server::liveness::{DiskHealth, FreezeDetector};
 use http_disk_server::range_lock::RangeLock;
 use hyper::body::Incoming;
@@ -122,6 +123,7 @@ fn policy(auth: Auth) -> AuthPolicy {
 
 fn service(rt: &tokio::runtime::Runtime, grant: Grant, auth: Auth, disk: Arc<MemDisk>) -> (Arc<DiskService>, watch::Sender<Grant>) {
     let (step_tx, _step_rx) = mpsc::unbounded_channel();
+    let _in_runtime = rt.enter(); // the gate keeps the runtime's handle
     let gate = Gate::new(step_tx, Duration::from_secs(1));
     let serving = matches!(grant, Grant::Serving { .. });
     let (grant_tx, grant_rx) = watch::channel(grant);
@@ -134,14 +136,23 @@ fn service(rt: &tokio::runtime::Runtime, grant: Grant, auth: Auth, disk: Arc<Mem
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     });
+    // Generous: only a real hang may trip the deadline. The scanning thread
+    // is not started: a fuzz input must never step the server down by time.
+    let watchdog = IoWatchdog::new(
+        WatchdogConfig {
+            deadline: Duration::from_secs(30),
+            stuck_exit_after: Duration::from_secs(3600),
+            debug_no_fence: false,
+            device: "fuzz-mem-disk".into(),
+        },
+        Arc::clone(&gate),
+        Arc::new(DiskHealth::default()),
+    );
     let svc = Arc::new(DiskService {
         cfg: HttpConfig {
             device: "fuzz-mem-disk".into(),
             arbiter: "fuzz",
             max_request_bytes: MAX_REQUEST,
-            // Generous: only a real hang may trip these.
-            io_deadline: Duration::from_secs(30),
-            stuck_exit_after: Duration::from_secs(3600),
             body_idle_timeout: Duration::from_secs(30),
             probed_size: DISK_SIZE,
             debug_no_fence: false,
@@ -150,7 +161,7 @@ fn service(rt: &tokio::runtime::Runtime, grant: Grant, auth: Auth, disk: Arc<Mem
         gate,
         locks: RangeLock::new(),
         metrics: Default::default(),
-        health: Arc::new(DiskHealth::default()),
+        watchdog,
         // No ticker runs here: make the freeze detector never fire.
         freeze: FreezeDetector::new(Duration::from_millis(100), Duration::from_secs(1 << 40)),
     });
@@ -308,7 +319,7 @@ async fn drive(svc: Arc<DiskService>, standby: bool, auth: Auth, disk: Arc<MemDi
                 signed: req.headers().contains_key(HEADER_AUTH),
             };
             disk.writes.lock().unwrap().clear();
-            let resp = svc.handle(req).await?;
+            let resp = svc.handle(req, None).await?;
             let (parts, body) = resp.into_parts();
             let body = body.collect().await?.to_bytes();
             let resp = Response::from_parts(parts, Full::new(body.clone()));

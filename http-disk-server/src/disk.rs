@@ -2,7 +2,7 @@
 //! positioned, durable I/O.
 //!
 //! [`Disk`] is the narrow boundary the HTTP layer talks to (one call per
-//! request, blocking, run off the async threads); [`FileDisk`] is the real
+//! request, blocking, run on the connection's own thread); [`FileDisk`] is the real
 //! implementation and tests substitute slow or failing ones.
 //!
 //! Caching policy: a block device is always opened O_DIRECT, because its page
@@ -59,7 +59,8 @@ impl DiskError {
     }
 }
 
-/// One exported disk. Methods block; call them from a blocking thread.
+/// One exported disk. Methods block; call them on a connection's own thread
+/// under the I/O watchdog (never on a shared async worker).
 pub trait Disk: Send + Sync + 'static {
     /// Path or name, for messages.
     fn name(&self) -> &str;
@@ -73,14 +74,6 @@ pub trait Disk: Send + Sync + 'static {
     fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, DiskError>;
     /// Write all of `data` at `offset`; returns once the data is durable.
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError>;
-    /// Read exactly `len` bytes at `offset` only if that cannot wait for the
-    /// device (the bytes are already in the page cache); `None` when it would
-    /// have to wait or cannot tell. Safe to call on an async thread: the
-    /// caller then skips the blocking-thread hop, and a hung device can
-    /// never stall it.
-    fn read_cached(&self, _offset: u64, _len: usize) -> Option<Result<Bytes, DiskError>> {
-        None
-    }
 }
 
 /// `[start, end)` covering `[offset, offset + len)` aligned to `align` (a power of two).
@@ -346,43 +339,6 @@ impl Disk for FileDisk {
         }
     }
 
-    fn read_cached(&self, offset: u64, len: usize) -> Option<Result<Bytes, DiskError>> {
-        use std::os::fd::AsRawFd;
-        // O_DIRECT reads always go to the device.
-        if self.direct_block.is_some() {
-            return None;
-        }
-        if let Err(e) = self.check(offset, len as u64) {
-            return Some(Err(e));
-        }
-        let mut v = Vec::<u8>::with_capacity(len);
-        let iov = libc::iovec {
-            iov_base: v.as_mut_ptr().cast(),
-            iov_len: len,
-        };
-        // SAFETY: the iovec points at `len` bytes of spare capacity of `v`,
-        // which outlives the call. RWF_NOWAIT makes the kernel answer EAGAIN
-        // (or a short count) instead of waiting for the device.
-        let n = unsafe {
-            libc::preadv2(
-                self.file.as_raw_fd(),
-                &iov,
-                1,
-                offset as libc::off_t,
-                libc::RWF_NOWAIT,
-            )
-        };
-        // Anything but a complete read (EAGAIN, EOPNOTSUPP on filesystems
-        // without non-blocking reads, a partly cached range, a real error)
-        // goes the blocking way, which also reports errors properly.
-        if n != len as isize {
-            return None;
-        }
-        // SAFETY: the kernel initialised the first `n == len` bytes.
-        unsafe { v.set_len(len) };
-        Some(Ok(Bytes::from(v)))
-    }
-
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
         let len = data.len() as u64;
         self.check(offset, len)?;
@@ -471,26 +427,6 @@ mod tests {
             disk.write_at(65536, &[0]),
             Err(DiskError::OutOfRange { .. })
         ));
-    }
-
-    #[test]
-    fn cached_reads_match_blocking_reads_and_skip_direct_io() {
-        let f = temp_disk(64 * 1024);
-        let disk = FileDisk::open(f.path(), DirectIo::Never).unwrap();
-        disk.write_at(4096, b"cached").unwrap();
-        // Just written through this file, so in the page cache; a filesystem
-        // without non-blocking reads answers None, never wrong data.
-        if let Some(r) = disk.read_cached(4096, 6) {
-            assert_eq!(&r.unwrap()[..], b"cached");
-        }
-        assert!(matches!(
-            disk.read_cached(65535, 2),
-            Some(Err(DiskError::OutOfRange { .. }))
-        ));
-        let direct = FileDisk::open(f.path(), DirectIo::Always).unwrap();
-        if direct.direct_block.is_some() {
-            assert!(direct.read_cached(4096, 6).is_none());
-        }
     }
 
     #[test]

@@ -51,7 +51,7 @@ impl GateState {
 pub struct Gate {
     state: RwLock<GateState>,
     /// Epoch currently allowed to do I/O; 0 when not serving. Checked again on
-    /// the blocking thread right before each disk call.
+    /// the connection thread right before each disk call.
     serving_epoch: AtomicU64,
     /// Highest epoch we stepped down from: a grant at or below it is stale.
     fenced_epoch: AtomicU64,
@@ -61,6 +61,9 @@ pub struct Gate {
     pub last_role_change_unix_ms: AtomicU64,
     /// Set once the arbiter's first real decision has been applied.
     pub settled: std::sync::atomic::AtomicBool,
+    /// The main runtime: step-downs are started from connection threads and
+    /// the I/O watchdog, whose drain task must outlive them.
+    runtime: tokio::runtime::Handle,
 }
 
 fn unix_ms() -> u64 {
@@ -71,6 +74,7 @@ fn unix_ms() -> u64 {
 }
 
 impl Gate {
+    /// Call inside the main runtime (its handle is kept for step-downs).
     pub fn new(
         step_down_tx: mpsc::UnboundedSender<StepDownRequest>,
         drain_timeout: Duration,
@@ -89,6 +93,7 @@ impl Gate {
             role_changes: AtomicU64::new(0),
             last_role_change_unix_ms: AtomicU64::new(0),
             settled: std::sync::atomic::AtomicBool::new(false),
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 
@@ -143,7 +148,7 @@ impl Gate {
         };
         tracing::error!(disk = disk.name(), epoch, %cause, "stepping down: no more I/O from this server; asking the arbiter to release the role");
         let gate = Arc::clone(self);
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             gate.drain_and_close(disk).await;
             let _ = gate.step_down_tx.send(StepDownRequest { epoch, cause });
         });

@@ -1,5 +1,6 @@
 //! The HTTP block protocol: one handler per request, the role checked on
-//! every request, disk I/O handed to a blocking thread under a deadline.
+//! every request, disk I/O done inline on the connection's own thread under
+//! the [`IoWatchdog`]'s deadline.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -21,30 +22,23 @@ use crate::aligned::AlignedBuf;
 use crate::arbiter::StepDownCause;
 use crate::disk::{covering_span, Disk, DiskError};
 use crate::gate::{Gate, GateState};
-use crate::liveness::{DiskHealth, FreezeDetector};
+use crate::io_watchdog::{ClientSocket, IoWatchdog};
+use crate::liveness::FreezeDetector;
 use crate::metrics::{Metrics, Op};
 use crate::range_lock::{LockMode, RangeLock};
 
 pub type Body = Full<Bytes>;
-
-/// Exit code when a disk operation is stuck in the kernel for good: the
-/// service manager restarts us (and the kernel drops our locks).
-pub const EXIT_DISK_STUCK: i32 = 75;
 
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub device: String,
     pub arbiter: &'static str,
     pub max_request_bytes: u64,
-    pub io_deadline: Duration,
-    /// A disk operation still running this long after its deadline makes
-    /// the process exit with [`EXIT_DISK_STUCK`].
-    pub stuck_exit_after: Duration,
     /// Longest pause between two body chunks of a PUT.
     pub body_idle_timeout: Duration,
     /// Size known before the disk is opened (for status while standby).
     pub probed_size: u64,
-    /// `--debug-no-fence`: log the stuck-disk exit instead of exiting.
+    /// `--debug-no-fence` (shown in the status).
     pub debug_no_fence: bool,
 }
 
@@ -108,7 +102,7 @@ pub struct DiskService {
     pub gate: Arc<Gate>,
     pub locks: Arc<RangeLock>,
     pub metrics: Metrics,
-    pub health: Arc<DiskHealth>,
+    pub watchdog: Arc<IoWatchdog>,
     pub freeze: Arc<FreezeDetector>,
 }
 
@@ -146,9 +140,12 @@ fn range_error_answer(e: &RangeError) -> Answer {
 }
 
 impl DiskService {
+    /// Answer one request. `client`: the connection's socket, which the
+    /// watchdog shuts if a disk call for this request overruns.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
+        client: Option<ClientSocket>,
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         let path = req.uri().path();
@@ -178,7 +175,7 @@ impl DiskService {
                 Method::HEAD => Op::Head,
                 _ => Op::Other,
             };
-            let (a, n) = self.disk_request(op, req).await;
+            let (a, n) = self.disk_request(op, req, client).await;
             (op, a, n)
         };
         let status = answer.status.as_u16();
@@ -248,7 +245,12 @@ impl DiskService {
         }
     }
 
-    async fn disk_request(&self, op: Op, req: Request<Incoming>) -> (Answer, u64) {
+    async fn disk_request(
+        &self,
+        op: Op,
+        req: Request<Incoming>,
+        client: Option<ClientSocket>,
+    ) -> (Answer, u64) {
         if op == Op::Other {
             let a = Answer::text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -277,11 +279,11 @@ impl DiskService {
                     .with_empty_body(),
                 0,
             ),
-            Op::Read => match self.read(&req, size).await {
+            Op::Read => match self.read(&req, size, client).await {
                 Ok((a, n)) => (a, n),
                 Err(a) => (a, 0),
             },
-            Op::Write => match self.write(req, size, verified).await {
+            Op::Write => match self.write(req, size, verified, client).await {
                 Ok(n) => (Answer::text(StatusCode::OK, "Ok."), n),
                 Err(a) => (a, 0),
             },
@@ -307,7 +309,12 @@ impl DiskService {
         )
     }
 
-    async fn read(&self, req: &Request<Incoming>, size: u64) -> Result<(Answer, u64), Answer> {
+    async fn read(
+        &self,
+        req: &Request<Incoming>,
+        size: u64,
+        client: Option<ClientSocket>,
+    ) -> Result<(Answer, u64), Answer> {
         let (range, partial) = match req.headers().get(header::RANGE) {
             Some(v) => {
                 let v = v.to_str().map_err(|_| {
@@ -330,15 +337,16 @@ impl DiskService {
         }
         let len = range.len() as usize;
         let offset = range.offset();
-        let data = match self.read_cached(offset, len)? {
-            Some(data) => data,
-            None => {
-                self.run_io("read", offset, range.len(), LockMode::Shared, move |disk| {
-                    disk.read_at(offset, len)
-                })
-                .await?
-            }
-        };
+        let data = self
+            .run_io(
+                "read",
+                client,
+                offset,
+                range.len(),
+                LockMode::Shared,
+                |disk| disk.read_at(offset, len),
+            )
+            .await?;
         let mut a = Answer {
             status: if partial {
                 StatusCode::PARTIAL_CONTENT
@@ -416,6 +424,7 @@ impl DiskService {
         req: Request<Incoming>,
         size: u64,
         verified: Option<Verified>,
+        client: Option<ClientSocket>,
     ) -> Result<u64, Answer> {
         let h = req.headers();
         let cr = h.get(header::CONTENT_RANGE).ok_or_else(|| {
@@ -479,10 +488,11 @@ impl DiskService {
         let offset = range.offset();
         self.run_io(
             "write",
+            client,
             offset,
             range.len(),
             LockMode::Exclusive,
-            move |disk| disk.write_at(offset, data.as_ref()),
+            |disk| disk.write_at(offset, data.as_ref()),
         )
         .await?;
         Ok(range.len())
@@ -559,118 +569,58 @@ impl DiskService {
         })
     }
 
-    /// A read served on this thread when it cannot wait for the device (page
-    /// cache hit; see [`Disk::read_cached`]), under the same role check and
-    /// range lock as [`Self::run_io`]. `None`: take the blocking path. Saves
-    /// the hand-off to a blocking thread and back (two cross-thread wake-ups)
-    /// on every cached read.
-    fn read_cached(&self, offset: u64, len: usize) -> Result<Option<Bytes>, Answer> {
-        let (epoch, disk) = self.admit()?;
-        let (start, end) = covering_span(offset, len as u64, disk.io_alignment());
-        // A conflicting holder (a write in flight) sends us the slow way,
-        // where the wait is bounded by the I/O deadline.
-        let Some(_guard) = self.locks.try_acquire(start, end, LockMode::Shared) else {
-            return Ok(None);
-        };
-        if !self.gate.may_do_io(epoch) {
-            return Ok(None);
-        }
-        Ok(disk.read_cached(offset, len).and_then(Result::ok))
-    }
-
-    /// Run one disk call on a blocking thread, holding the range lock over
-    /// the span it touches, under the I/O deadline. Past the deadline the
-    /// client gets a 500 and this server steps down; if the call never
-    /// returns, the process exits.
-    async fn run_io<T, F>(
+    /// Run one disk call inline on this connection's thread, holding the
+    /// range lock over the span it touches, under the watchdog's deadline.
+    /// Past the deadline the watchdog steps this server down and shuts the
+    /// client's socket; the call's answer is then a 500 (if the client is
+    /// still there to read it).
+    async fn run_io<T>(
         &self,
         op: &'static str,
+        client: Option<ClientSocket>,
         offset: u64,
         len: u64,
         mode: LockMode,
-        f: F,
-    ) -> Result<T, Answer>
-    where
-        T: Send + 'static,
-        F: FnOnce(&dyn Disk) -> Result<T, DiskError> + Send + 'static,
-    {
-        let deadline = self.cfg.io_deadline;
+        call: impl FnOnce(&dyn Disk) -> Result<T, DiskError>,
+    ) -> Result<T, Answer> {
+        let deadline = self.watchdog.deadline();
         let (epoch, disk) = self.admit()?;
         let (start, end) = covering_span(offset, len, disk.io_alignment());
-        let guard = match tokio::time::timeout(deadline, self.locks.acquire(start, end, mode)).await {
-            Ok(g) => g,
-            Err(_) => {
-                return Err(Answer::text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("{}: an overlapping request held bytes {start}-{end} longer than {deadline:?}; retry", self.cfg.device),
-                ))
-            }
-        };
-        let gate = Arc::clone(&self.gate);
-        let mut handle = tokio::task::spawn_blocking(move || {
-            let _guard = guard;
-            // The role may have gone while we waited for the lock.
-            if !gate.may_do_io(epoch) {
-                return Err(None);
-            }
-            f(&*disk).map_err(Some)
-        });
-        match tokio::time::timeout(deadline, &mut handle).await {
-            Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(None))) => Err(self.standby_answer(&self.gate.snapshot())),
-            Ok(Ok(Err(Some(e)))) => {
-                tracing::error!(device = %self.cfg.device, error = %e, "disk {op} failed");
-                if e.is_device_failure() {
-                    self.gate
-                        .step_down(epoch, StepDownCause::DeviceFailure(e.to_string()));
-                }
-                Err(Answer::text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("{e}; the request was not completed, retry on the serving server"),
-                ))
-            }
-            Ok(Err(join)) => Err(Answer::text(
+        let Ok(_guard) = tokio::time::timeout(deadline, self.locks.acquire(start, end, mode)).await
+        else {
+            return Err(Answer::text(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("{}: disk {op} crashed ({join}); retry", self.cfg.device),
-            )),
-            Err(_) => {
-                self.health.overdue_ops.fetch_add(1, Ordering::AcqRel);
-                self.gate
-                    .step_down(epoch, StepDownCause::IoHang { op, deadline });
-                let health = Arc::clone(&self.health);
-                let stuck_after = self.cfg.stuck_exit_after;
-                let device = self.cfg.device.clone();
-                let debug_no_fence = self.cfg.debug_no_fence;
-                tokio::spawn(async move {
-                    tokio::pin!(handle);
-                    if tokio::time::timeout(stuck_after, &mut handle)
-                        .await
-                        .is_err()
-                    {
-                        if !debug_no_fence {
-                            tracing::error!(
-                                device = %device,
-                                "a disk {op} has been stuck in the kernel for {stuck_after:?} past its deadline; exiting so the service manager restarts this server"
-                            );
-                            std::process::exit(EXIT_DISK_STUCK);
-                        }
-                        tracing::error!(
-                            device = %device,
-                            "DEBUG MODE: would exit with code {EXIT_DISK_STUCK} (a disk {op} has been stuck in the kernel for {stuck_after:?} past its deadline); staying up, not serving until it finishes"
-                        );
-                        let _ = handle.await;
-                    }
-                    health.overdue_ops.fetch_sub(1, Ordering::AcqRel);
-                });
-                Err(Answer::text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!(
-                        "{}: disk {op} at offset {offset} did not finish within {deadline:?}; this server steps down, retry on the next serving server",
-                        self.cfg.device
-                    ),
-                ))
-            }
+                format!("{}: an overlapping request held bytes {start}-{end} longer than {deadline:?}; retry", self.cfg.device),
+            ));
+        };
+        // The role may have gone while we waited for the lock.
+        if !self.gate.may_do_io(epoch) {
+            return Err(self.standby_answer(&self.gate.snapshot()));
         }
+        let ticket = self.watchdog.begin(op, offset, epoch, client);
+        // Blocks this connection's thread only; a hung device is the
+        // watchdog's to handle.
+        let result = call(&*disk);
+        if ticket.finish() {
+            return Err(Answer::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "{}: disk {op} at offset {offset} did not finish within {deadline:?}; this server stepped down, retry on the next serving server",
+                    self.cfg.device
+                ),
+            ));
+        }
+        result.map_err(|e| {
+            tracing::error!(device = %self.cfg.device, error = %e, "disk {op} failed");
+            if e.is_device_failure() {
+                self.gate
+                    .step_down(epoch, StepDownCause::DeviceFailure(e.to_string()));
+            }
+            Answer::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{e}; the request was not completed, retry on the serving server"),
+            )
+        })
     }
 
     pub fn status(&self) -> ServerStatus {
@@ -803,14 +753,24 @@ mod tests {
         while gate.snapshot().role() != heartbeat_wire::Role::Serving {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        let health = Arc::new(crate::liveness::DiskHealth::default());
+        let watchdog = IoWatchdog::new(
+            crate::io_watchdog::WatchdogConfig {
+                deadline: Duration::from_millis(100),
+                stuck_exit_after: Duration::from_secs(60),
+                debug_no_fence: false,
+                device: "slow-test-disk".into(),
+            },
+            Arc::clone(&gate),
+            Arc::clone(&health),
+        );
+        watchdog.spawn().unwrap();
         let svc = DiskService {
             auth: AuthPolicy::Off,
             cfg: HttpConfig {
                 device: "slow-test-disk".into(),
                 arbiter: "test",
                 max_request_bytes: 1 << 20,
-                io_deadline: Duration::from_millis(100),
-                stuck_exit_after: Duration::from_secs(60),
                 body_idle_timeout: Duration::from_secs(1),
                 probed_size: 1 << 20,
                 debug_no_fence: false,
@@ -818,19 +778,35 @@ mod tests {
             gate: Arc::clone(&gate),
             locks: RangeLock::new(),
             metrics: Metrics::default(),
-            health: Arc::new(DiskHealth::default()),
+            watchdog,
             freeze: FreezeDetector::new(Duration::from_millis(100), Duration::from_secs(60)),
         };
+        // The client's end of the connection: the watchdog shuts it when the
+        // call overruns, long before the call returns.
+        let (server_end, mut client_end) = std::os::unix::net::UnixStream::pair().unwrap();
+        let socket = ClientSocket(std::os::fd::AsRawFd::as_raw_fd(&server_end));
+        let reader = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let mut buf = [0u8; 1];
+            let n = std::io::Read::read(&mut client_end, &mut buf).unwrap();
+            (n, started.elapsed())
+        });
         let r = svc
-            .run_io("write", 0, 512, LockMode::Exclusive, |d| {
+            .run_io("write", Some(socket), 0, 512, LockMode::Exclusive, |d| {
                 d.write_at(0, &[0; 512])
             })
             .await;
+        let (n, waited) = reader.join().unwrap();
+        assert_eq!(n, 0, "the client's connection was shut");
+        assert!(
+            waited < Duration::from_millis(500),
+            "shut at the deadline, not when the call returned ({waited:?})"
+        );
         let a = r.expect_err("past the deadline the request fails");
         assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(
-            !svc.health.healthy(),
-            "the overdue op withholds the watchdog"
+            health.healthy(),
+            "the call has returned: nothing is overdue any more"
         );
         // No new I/O is admitted, and the arbiter is asked to release epoch 4
         // (after the drain bound, since the op still holds the disk).
@@ -842,7 +818,9 @@ mod tests {
         assert_eq!(req.epoch, 4);
         assert!(matches!(req.cause, StepDownCause::IoHang { .. }));
         let refused = svc
-            .run_io("read", 0, 512, LockMode::Shared, |d| d.read_at(0, 512))
+            .run_io("read", None, 0, 512, LockMode::Shared, |d| {
+                d.read_at(0, 512)
+            })
             .await;
         assert_eq!(
             refused.err().unwrap().status,
@@ -860,8 +838,5 @@ mod tests {
         })
         .await
         .unwrap();
-        // The hung op eventually returned: health recovers.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        assert!(svc.health.healthy());
     }
 }

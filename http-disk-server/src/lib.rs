@@ -4,14 +4,17 @@
 //!
 //! Layout: [`disk`] (positioned durable I/O), [`range_lock`], [`arbiter`]
 //! (who serves), [`gate`] (grants -> "may this request touch the disk"),
-//! [`http`] (the protocol), [`liveness`] (systemd notify, freeze detector),
-//! [`metrics`]. [`run`] wires them together.
+//! [`http`] (the protocol), [`connection`] (a thread per client connection),
+//! [`io_watchdog`] (the deadline of disk calls), [`liveness`] (systemd
+//! notify, freeze detector), [`metrics`]. [`run`] wires them together.
 
 pub mod aligned;
 pub mod arbiter;
+pub mod connection;
 pub mod disk;
 pub mod gate;
 pub mod http;
+pub mod io_watchdog;
 pub mod liveness;
 pub mod metrics;
 pub mod range_lock;
@@ -26,15 +29,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::arbiter::{Arbiter, ArbiterContext, ArbiterKind, Grant};
+use crate::connection::{Accepted, ConnSettings};
 use crate::disk::{DirectIo, DiskProbe, FileDisk};
 use crate::gate::{DiskOpener, Gate};
 use crate::http::{DiskService, HttpConfig};
+use crate::io_watchdog::{IoWatchdog, WatchdogConfig};
 use crate::liveness::{DiskHealth, FreezeDetector};
 
 /// HTTP block server for one replicated volume.
@@ -309,46 +312,6 @@ impl Args {
     }
 }
 
-/// Per-connection HTTP settings from the flags.
-#[derive(Clone, Copy)]
-struct ConnSettings {
-    max_buf: usize,
-    header_timeout: Duration,
-}
-
-/// Serve one accepted connection (plain TCP or TLS) until the peer leaves
-/// or the server stops (then gracefully: in-flight requests finish).
-async fn serve_one<I>(
-    io: I,
-    svc: Arc<DiskService>,
-    mut stop: watch::Receiver<bool>,
-    settings: ConnSettings,
-) -> hyper::Result<()>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .max_buf_size(settings.max_buf)
-        .header_read_timeout(settings.header_timeout)
-        .keep_alive(true)
-        .serve_connection(
-            TokioIo::new(io),
-            service_fn(move |req| Arc::clone(&svc).handle(req)),
-        );
-    tokio::pin!(conn);
-    let stopping = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    tokio::select! {
-        r = conn.as_mut() => r,
-        _ = stopping => {
-            conn.as_mut().graceful_shutdown();
-            conn.as_mut().await
-        }
-    }
-}
-
 /// Reason shown before the arbiter's first decision.
 pub const STARTING: &str = "starting: the arbiter has not decided yet";
 
@@ -418,14 +381,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Duration::from_millis(args.freeze_threshold_ms.max(200)),
     );
     let health = Arc::new(DiskHealth::default());
+    let watchdog = IoWatchdog::new(
+        WatchdogConfig {
+            deadline: io_deadline,
+            stuck_exit_after: (io_deadline * 10).max(Duration::from_secs(30)),
+            debug_no_fence: args.debug_no_fence,
+            device: args.disk.display().to_string(),
+        },
+        Arc::clone(&gate),
+        Arc::clone(&health),
+    );
+    watchdog
+        .spawn()
+        .context("cannot start the I/O watchdog thread")?;
     let service = Arc::new(DiskService {
         auth,
         cfg: HttpConfig {
             device: args.disk.display().to_string(),
             arbiter: arbiter_name,
             max_request_bytes: args.max_request_bytes,
-            io_deadline,
-            stuck_exit_after: (io_deadline * 10).max(Duration::from_secs(30)),
             body_idle_timeout: Duration::from_millis(args.header_timeout_ms.max(100)),
             probed_size: probe.size,
             debug_no_fence: args.debug_no_fence,
@@ -433,7 +407,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         gate: Arc::clone(&gate),
         locks: range_lock::RangeLock::new(),
         metrics: Default::default(),
-        health: Arc::clone(&health),
+        watchdog,
         freeze: Arc::clone(&freeze),
     });
 
@@ -505,35 +479,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let svc = Arc::clone(&service);
-                let stop = stop_rx.clone();
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let settings = ConnSettings { max_buf, header_timeout };
-                    let result = match tls {
-                        None => serve_one(stream, svc, stop, settings).await,
-                        Some(acceptor) => {
-                            // The handshake gets the header timeout: a peer
-                            // that connects and says nothing (or speaks plain
-                            // HTTP) is dropped like a slow request head.
-                            match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                                Ok(Ok(s)) => serve_one(s, svc, stop, settings).await,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            }
-                        }
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
+                let settings = ConnSettings { max_buf, header_timeout };
+                connection::spawn(
+                    Accepted { stream, peer, slot },
+                    Arc::clone(&service),
+                    stop_rx.clone(),
+                    settings,
+                    tls.clone(),
+                );
             }
             _ = sigterm.recv() => break None,
             _ = sigint.recv() => break None,

@@ -92,20 +92,6 @@ impl RangeLock {
         }
     }
 
-    /// Hold `[start, end)` in `mode` if nobody conflicting holds it now.
-    pub fn try_acquire(
-        self: &Arc<Self>,
-        start: u64,
-        end: u64,
-        mode: LockMode,
-    ) -> Option<RangeGuard> {
-        debug_assert!(start < end);
-        self.try_insert(start, end, mode).map(|id| RangeGuard {
-            lock: Arc::clone(self),
-            id,
-        })
-    }
-
     /// Number of ranges held (for tests and status).
     pub fn held(&self) -> usize {
         self.table
@@ -143,19 +129,6 @@ mod tests {
             .await
             .expect("two readers must not block each other");
         assert_eq!(l.held(), 2);
-    }
-
-    #[test]
-    fn try_acquire_respects_held_ranges() {
-        let l = RangeLock::new();
-        let w = l.try_acquire(512, 1024, LockMode::Exclusive).unwrap();
-        assert!(l.try_acquire(0, 513, LockMode::Shared).is_none());
-        let r = l.try_acquire(0, 512, LockMode::Shared).unwrap();
-        drop(w);
-        let r2 = l.try_acquire(0, 1024, LockMode::Shared).unwrap();
-        assert!(l.try_acquire(100, 200, LockMode::Exclusive).is_none());
-        drop((r, r2));
-        assert_eq!(l.held(), 0);
     }
 
     #[tokio::test]
