@@ -9,8 +9,11 @@
 //! the deadline it steps the server down (no new I/O, the arbiter releases
 //! the role), shuts the connection's socket so that its client fails over at
 //! once instead of waiting, and withholds the systemd watchdog ping. A call
-//! still stuck long after that exits the process (the kernel then drops our
-//! locks and the service manager restarts us), unless in debug mode.
+//! still stuck long after that exits the process with [`EXIT_DISK_STUCK`],
+//! unless in debug mode. Note what that exit can and cannot do: a thread in
+//! uninterruptible sleep keeps the process a zombie holding its descriptors
+//! (port, disk, lock) until the call returns; the exit stops it from serving
+//! and tells the service manager, which restarts it once the kernel lets go.
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
@@ -23,7 +26,7 @@ use crate::gate::Gate;
 use crate::liveness::DiskHealth;
 
 /// Exit code when a disk operation is stuck in the kernel for good: the
-/// service manager restarts us (and the kernel drops our locks).
+/// service manager restarts us once the kernel releases the process.
 pub const EXIT_DISK_STUCK: i32 = 75;
 
 /// The socket of the connection a call serves. Shut down (not closed: the
