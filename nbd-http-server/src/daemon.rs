@@ -78,7 +78,7 @@ pub struct Cli {
     /// for up to N microseconds before sleeping (0: never). This saves the
     /// cross-CPU wake-up of a sleeping thread (tens of microseconds on a VM)
     /// per request at the cost of up to N us of CPU per request, and happens
-    /// only when a single request is in flight. The budget adapts to twice
+    /// only when a single request is in flight and one NBD client is connected. The budget adapts to twice
     /// the recent answer time; servers answering slower than N on average
     /// (remote hosts, synchronous replication) are not polled. Plain http://
     /// only.

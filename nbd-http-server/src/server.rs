@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,6 +141,7 @@ async fn serve<R, W, U>(
         }
     };
     debug!(volume = %volume, %peer, "client entered transmission");
+    let _counted = ClientCount::enter();
 
     // Transmission. One request in flight (the statefile's pattern, and
     // every qd1 client's) is awaited right here on the connection task, so a
@@ -323,6 +325,31 @@ async fn serve<R, W, U>(
     }
     let _ = writer.shutdown().await;
     debug!(volume = %volume, %peer, "connection closed");
+}
+
+/// NBD clients in transmission, process-wide. The upstream polls for an
+/// answer only while one client is connected: the poll holds up the
+/// current-thread runtime, and with it the reading of other clients'
+/// requests, which would then wait up to the poll budget.
+static CLIENTS_IN_TRANSMISSION: AtomicUsize = AtomicUsize::new(0);
+
+pub fn clients_in_transmission() -> usize {
+    CLIENTS_IN_TRANSMISSION.load(Ordering::Relaxed)
+}
+
+struct ClientCount;
+
+impl ClientCount {
+    fn enter() -> Self {
+        CLIENTS_IN_TRANSMISSION.fetch_add(1, Ordering::Relaxed);
+        ClientCount
+    }
+}
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        CLIENTS_IN_TRANSMISSION.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn write_reply<W: AsyncWrite + Unpin>(

@@ -493,12 +493,16 @@ impl Connection {
         let in_flight = poll.enter();
         let bytes = request.encode(endpoint, auth);
         self.stream.send(&bytes).await?;
-        // Only alone: the runtime is current-thread, and polling would hold
-        // up every other request it serves. The averages are learnt from
+        // Only alone, and with at most one NBD client: the runtime is
+        // current-thread, and polling would hold up every other request it
+        // serves or would read. The averages are learnt from
         // these exchanges only, as they are the ones the budget is for (with
         // more in flight, waits include queueing behind the others).
         let budget = poll.budget();
-        let mut sent = (in_flight.alone() && budget.enabled()).then(std::time::Instant::now);
+        let mut sent = (in_flight.alone()
+            && crate::server::clients_in_transmission() <= 1
+            && budget.enabled())
+        .then(std::time::Instant::now);
         if sent.is_some() {
             let budget = budget.budget();
             if !budget.is_zero() {
