@@ -78,10 +78,10 @@ pub struct Cli {
     /// for up to N microseconds before sleeping (0: never). This saves the
     /// cross-CPU wake-up of a sleeping thread (tens of microseconds on a VM)
     /// per request at the cost of up to N us of CPU per request, and happens
-    /// only when a single request is in flight and one NBD client is connected. The budget adapts to twice
-    /// the recent answer time; servers answering slower than N on average
-    /// (remote hosts, synchronous replication) are not polled. Plain http://
-    /// only.
+    /// only when a single request is in flight and one NBD client is
+    /// connected. The budget adapts to twice the recent answer time; servers
+    /// answering slower than N on average (remote hosts, synchronous
+    /// replication) are not polled. Plain http:// only.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_RESPONSE_POLL_US)]
     pub upstream_poll_us: u64,
 
