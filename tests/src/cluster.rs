@@ -139,6 +139,26 @@ pub struct ClientReport {
 }
 
 impl ClientReport {
+    /// The client saw no error, read back only what it wrote, and its final
+    /// read-back matched its last acknowledged write.
+    pub fn assert_clean_run(&self) {
+        assert!(
+            self.errors.is_empty(),
+            "client saw errors: {:?}",
+            self.errors
+        );
+        assert!(
+            self.mismatches.is_empty(),
+            "client read back other data (stale or lost writes): {:?}",
+            self.mismatches
+        );
+        assert_eq!(
+            self.final_ok,
+            Some(true),
+            "final read-back differs from the last acknowledged write"
+        );
+    }
+
     /// Longest single request among those that started in `[from, to]`
     /// (CLOCK_MONOTONIC seconds).
     pub fn longest_wait_between(&self, from: f64, to: f64) -> f64 {

@@ -159,17 +159,7 @@ fn a_cut_off_serving_host_is_replaced_without_client_errors() {
     assert_eq!(cluster.serving().unwrap(), next);
 
     let report = client.finish().unwrap();
-    assert!(
-        report.errors.is_empty(),
-        "client saw errors: {:?}",
-        report.errors
-    );
-    assert!(
-        report.mismatches.is_empty(),
-        "stale or lost data: {:?}",
-        report.mismatches
-    );
-    assert_eq!(report.final_ok, Some(true));
+    report.assert_clean_run();
     let longest = report.requests.iter().map(|r| r.1).fold(0.0, f64::max);
     eprintln!("longest request across the cut: {longest:.3} s");
     drop(cluster);

@@ -23,21 +23,7 @@ fn client_pattern(client_id: u32, seq: u64, len: usize) -> Vec<u8> {
 }
 
 fn assert_clean(report: &ClientReport, disk: &TempDisk, offset: u64) {
-    assert!(
-        report.errors.is_empty(),
-        "client saw errors: {:?}",
-        report.errors
-    );
-    assert!(
-        report.mismatches.is_empty(),
-        "client read back other data: {:?}",
-        report.mismatches
-    );
-    assert_eq!(
-        report.final_ok,
-        Some(true),
-        "final read-back differs from the last acknowledged write"
-    );
+    report.assert_clean_run();
     let seq = report.last_acked_seq.expect("client acknowledged writes");
     assert_eq!(
         disk.read(offset, 1024),

@@ -687,21 +687,7 @@ fn a_libnbd_client_rides_out_a_short_hang_without_an_error() {
     std::thread::sleep(Duration::from_millis(1500));
     let report = client.finish().expect("libnbd client report");
 
-    assert!(
-        report.errors.is_empty(),
-        "client saw errors: {:?}",
-        report.errors
-    );
-    assert!(
-        report.mismatches.is_empty(),
-        "client read other data: {:?}",
-        report.mismatches
-    );
-    assert_eq!(
-        report.final_ok,
-        Some(true),
-        "final read-back differs from the last acknowledged write"
-    );
+    report.assert_clean_run();
     let seq = report
         .last_acked_seq
         .expect("the client acknowledged writes");
