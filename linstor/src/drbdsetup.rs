@@ -488,6 +488,7 @@ mod tests {
         let calls = dir.join("calls");
         let script = format!(
             r#"#!/bin/sh
+[ -n "$FAKE_DRBDSETUP_PROBE" ] && exit 0
 echo "$*" >> '{calls}'
 for last; do :; done
 case "$1:$last" in
@@ -508,7 +509,31 @@ esac
         let path = dir.join("drbdsetup");
         std::fs::write(&path, script).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        wait_until_executable(&path);
         path
+    }
+
+    /// Tests run in parallel threads: a child another test forks while we
+    /// write the script inherits our write descriptor until it execs, and
+    /// running the script meanwhile fails with ETXTBSY. Once one run
+    /// succeeds nobody can hold it open for writing any more.
+    fn wait_until_executable(path: &Path) {
+        for _ in 0..500 {
+            match std::process::Command::new(path)
+                .env("FAKE_DRBDSETUP_PROBE", "1")
+                .status()
+            {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Ok(st) if st.success() => return,
+                other => panic!("fake drbdsetup {} does not run: {other:?}", path.display()),
+            }
+        }
+        panic!(
+            "fake drbdsetup {} stayed busy (ETXTBSY) for 5 s",
+            path.display()
+        );
     }
 
     fn setup() -> (tempfile::TempDir, Drbdsetup) {
