@@ -556,6 +556,18 @@ pub fn run_with_timeout(
     ))
 }
 
+/// The Content-Length of a raw HTTP response head (0 when absent), for the
+/// tests that speak HTTP over plain sockets.
+pub fn response_content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
 /// Poll `f` until it returns `Some` or the timeout passes.
 pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

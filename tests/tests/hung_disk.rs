@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 
 use heartbeat_tests::cluster::{fetch_status, monotonic_now, HeartbeatClient};
 use heartbeat_tests::{
-    auth_header, poll_until, pseudo_random_bytes, require_tool, run_with_timeout,
-    start_disk_server, start_nbd_server, test_key_file, Daemon, DiskServerConfig, NbdServerConfig,
-    TempDisk,
+    auth_header, poll_until, pseudo_random_bytes, require_tool, response_content_length,
+    run_with_timeout, start_disk_server, start_nbd_server, test_key_file, Daemon, DiskServerConfig,
+    NbdServerConfig, TempDisk,
 };
 use heartbeat_wire::{Role, ServerStatus};
 
@@ -260,14 +260,7 @@ fn exchange(port: u16, request: &[u8]) -> (Outcome, Duration) {
     let outcome = loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) {
             let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
+            let len = response_content_length(&head);
             if buf.len() >= end + len {
                 let status = head[9..12].parse().expect("status code");
                 break Outcome::Answered {

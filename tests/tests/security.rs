@@ -11,9 +11,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use heartbeat_tests::{
-    auth_header, free_port, pseudo_random_bytes, require_tool, run_with_timeout, start_disk_server,
-    start_nbd_server, test_key_file, write_key_file, Daemon, DiskServerConfig, NbdServerConfig,
-    ServerAuth, TempDisk,
+    auth_header, free_port, pseudo_random_bytes, require_tool, response_content_length,
+    run_with_timeout, start_disk_server, start_nbd_server, test_key_file, write_key_file, Daemon,
+    DiskServerConfig, NbdServerConfig, ServerAuth, TempDisk,
 };
 use heartbeat_wire::auth::{self, PoolKeys, SignedParts};
 
@@ -63,14 +63,7 @@ fn read_reply(s: &mut TcpStream) -> Reply {
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let status = head[9..12].parse().expect("status");
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
+    let len = response_content_length(&head);
     let mut body = buf[head_end..].to_vec();
     while body.len() < len {
         let n = s.read(&mut chunk).expect("read body");
