@@ -16,10 +16,15 @@ struct Chain {
 }
 
 fn chain(disk: TempDisk) -> Chain {
+    chain_with_nbd_flags(disk, &[])
+}
+
+fn chain_with_nbd_flags(disk: TempDisk, nbd_flags: &[&str]) -> Chain {
     let http = DiskServerConfig::new(&disk.path);
     let logs = disk.dir.path().to_path_buf();
     let disk_server = start_disk_server(&http, &logs).expect("start http-disk-server");
-    let nbd = NbdServerConfig::new(disk.file("nbd.sock"), vec![http.url()]);
+    let mut nbd = NbdServerConfig::new(disk.file("nbd.sock"), vec![http.url()]);
+    nbd.extra = nbd_flags.iter().map(|f| f.to_string()).collect();
     let nbd_server = start_nbd_server(&nbd, &logs).expect("start nbd-http-server");
     Chain {
         disk,
@@ -106,17 +111,16 @@ fn qemu_io_patterns_land_in_the_backing_file() {
     }
 }
 
-#[test]
-fn fio_random_read_write_with_crc32c_verify() {
+/// fio random read/write with `verify=crc32c` at `iodepth` against `c`.
+fn fio_verify(c: &Chain, iodepth: u32) {
     require_tool("fio");
-    let c = chain(TempDisk::zeroed(16 << 20));
     let (ok, out, err) = run(Command::new("fio").args([
         "--name=verify",
         "--ioengine=nbd",
         &format!("--uri={}", c.nbd.uri()),
         "--rw=randrw",
         "--bs=4k",
-        "--iodepth=8",
+        &format!("--iodepth={iodepth}"),
         "--size=16M",
         "--verify=crc32c",
         "--do_verify=1",
@@ -124,6 +128,20 @@ fn fio_random_read_write_with_crc32c_verify() {
     ]));
     assert!(ok, "fio failed: {out}\n{err}");
     assert!(!out.contains("verify: bad"), "{out}");
+}
+
+#[test]
+fn fio_random_read_write_with_crc32c_verify() {
+    fio_verify(&chain(TempDisk::zeroed(16 << 20)), 8);
+}
+
+/// The opt-in upstream polling (off by default) reads answers through its
+/// own non-blocking path; at queue depth 1, the only depth where it polls,
+/// every verified block must come back whole.
+#[test]
+fn fio_verify_with_upstream_polling_on() {
+    let c = chain_with_nbd_flags(TempDisk::zeroed(16 << 20), &["--upstream-poll-us", "500"]);
+    fio_verify(&c, 1);
 }
 
 #[test]

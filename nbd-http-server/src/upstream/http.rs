@@ -46,10 +46,10 @@
 //!
 //! # Response polling
 //!
-//! A lone request polls the serving server's connection for its answer for
-//! up to [`HttpUpstreamConfig::response_poll`] (see
-//! [`super::http1::PollBudget`]); the budget is learnt per serving server, so
-//! a failover starts afresh. Probes never poll but count as in flight.
+//! Opt-in (`--upstream-poll-us`, off by default): a lone request polls the
+//! serving server's connection for its answer for up to
+//! [`HttpUpstreamConfig::response_poll`] (see [`super::http1::PollBudget`]);
+//! the budget is learnt per serving server, so a failover starts afresh. Probes never poll but count as in flight.
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
@@ -68,9 +68,13 @@ use super::{Upstream, UpstreamError};
 pub const CANDIDATE_GRACE: Duration = Duration::from_millis(50);
 
 /// Default cap on polling for an answer, in microseconds
-/// (`--upstream-poll-us`): a loopback or same-host answer takes 50 to
-/// 300 us, a DRBD protocol C write about a millisecond (not polled).
-pub const DEFAULT_RESPONSE_POLL_US: u64 = 500;
+/// (`--upstream-poll-us`): off. Whether polling pays depends on the
+/// hypervisor: on one 2-vCPU VM it cut a qd1 write by ~60 us, on another
+/// (idle vCPUs halting at once) it added ~50 us to writes and ~6 us to
+/// reads (BENCHMARKS.md). The cap to try is 500 us: a loopback or same-host
+/// answer takes 50 to 300 us, a DRBD protocol C write about a millisecond
+/// (never polled under that cap).
+pub const DEFAULT_RESPONSE_POLL_US: u64 = 0;
 
 /// The per-request deadline, derived from XHA's statefile budget.
 ///
