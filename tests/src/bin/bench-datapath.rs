@@ -6,8 +6,10 @@
 //! Prints p50/p99 total latency (fio's `lat`: submission plus completion) at
 //! queue depth 1, IOPS at queue depth 8
 //! and with three clients at once, and the ratios the data-path issue sets as
-//! bars. Usage:
-//!   cargo run --release -p heartbeat-tests --bin bench-datapath -- [--seconds N] [--markdown]
+//! bars. Then, unless `--no-placement` (or on one CPU), the qd1 512 B points
+//! again with fio and the servers held to fixed CPUs, alike for both paths:
+//! where the time goes when the scheduler's choices are taken out. Usage:
+//!   cargo run --release -p heartbeat-tests --bin bench-datapath -- [--seconds N] [--markdown] [--no-placement]
 
 use std::path::Path;
 use std::process::Command;
@@ -18,6 +20,7 @@ use heartbeat_tests::{
     binary, free_port, require_tool, run_with_timeout, start_disk_server, start_nbd_server, Daemon,
     DiskServerConfig, NbdServerConfig, Profile, TempDisk,
 };
+use nix::unistd::Pid;
 
 const DISK_SIZE: u64 = 4 * 1024 * 1024;
 
@@ -59,7 +62,15 @@ struct Measured {
 }
 
 fn run_fio(uri: &str, point: Point, seconds: u64) -> Result<Measured> {
+    run_fio_on(uri, point, seconds, None)
+}
+
+/// [`run_fio`] with fio's jobs held to one CPU (`--cpus_allowed`) if given.
+fn run_fio_on(uri: &str, point: Point, seconds: u64, cpu: Option<usize>) -> Result<Measured> {
     let mut cmd = Command::new("fio");
+    if let Some(cpu) = cpu {
+        cmd.arg(format!("--cpus_allowed={cpu}"));
+    }
     cmd.args([
         "--name=bench",
         "--ioengine=nbd",
@@ -146,18 +157,18 @@ fn main() -> Result<()> {
     server_cfg.arbiter = Some("none".into());
     server_cfg.profile = Profile::Release;
     server_cfg.port = free_port();
-    let _disk_server = start_disk_server(&server_cfg, &dir)?;
+    let disk_server = start_disk_server(&server_cfg, &dir)?;
     let mut nbd_cfg = NbdServerConfig::new(dir.join("chain.sock"), vec![server_cfg.url()]);
     nbd_cfg.profile = Profile::Release;
     nbd_cfg.device_size = Some(DISK_SIZE);
-    let _nbd_server = start_nbd_server(&nbd_cfg, &dir)?;
+    let nbd_server = start_nbd_server(&nbd_cfg, &dir)?;
     let chain_uri = nbd_cfg.uri();
 
     let plain_sock = dir.join("nbdkit.sock");
-    let _nbdkit = start_nbdkit(&disk.path, &plain_sock, false, &dir.join("nbdkit.log"))?;
+    let nbdkit = start_nbdkit(&disk.path, &plain_sock, false, &dir.join("nbdkit.log"))?;
     let plain_uri = format!("nbd+unix:///?socket={}", plain_sock.display());
     let fua_sock = dir.join("nbdkit-fua.sock");
-    let _nbdkit_fua = start_nbdkit(&disk.path, &fua_sock, true, &dir.join("nbdkit-fua.log"))?;
+    let nbdkit_fua = start_nbdkit(&disk.path, &fua_sock, true, &dir.join("nbdkit-fua.log"))?;
     let fua_uri = format!("nbd+unix:///?socket={}", fua_sock.display());
 
     eprintln!(
@@ -214,7 +225,157 @@ fn main() -> Result<()> {
     }
 
     print_report(&rows, seconds, markdown);
+
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus >= 2 && !args.iter().any(|a| a == "--no-placement") {
+        let paths = Paths {
+            chain_uri: &chain_uri,
+            chain_pids: vec![disk_server.pid(), nbd_server.pid()],
+            plain_uri: &plain_uri,
+            plain_pid: nbdkit.pid(),
+            fua_uri: &fua_uri,
+            fua_pid: nbdkit_fua.pid(),
+        };
+        let study = placement_study(&paths, seconds, cpus)?;
+        print_placement(&study, markdown);
+    }
     Ok(())
+}
+
+/// The three paths of the benchmark: URIs and the server processes behind them.
+struct Paths<'a> {
+    chain_uri: &'a str,
+    chain_pids: Vec<Pid>,
+    plain_uri: &'a str,
+    plain_pid: Pid,
+    fua_uri: &'a str,
+    fua_pid: Pid,
+}
+
+/// Where fio and the servers may run in one placement.
+#[derive(Debug, Clone, Copy)]
+enum Placement {
+    /// fio and every server process on CPU 0: no wake-up crosses CPUs.
+    OneCpu,
+    /// fio on CPU 0, the servers on CPU 1: every client/server hop crosses.
+    ClientApart,
+}
+
+impl Placement {
+    fn label(self) -> &'static str {
+        match self {
+            Placement::OneCpu => "fio + servers on CPU 0",
+            Placement::ClientApart => "fio on CPU 0, servers on CPU 1",
+        }
+    }
+    fn server_cpus(self) -> &'static str {
+        match self {
+            Placement::OneCpu => "0",
+            Placement::ClientApart => "1",
+        }
+    }
+}
+
+/// Hold every thread of `pid` (and the threads it starts later) to `cpus`,
+/// a `taskset` CPU list.
+fn pin(pid: Pid, cpus: &str) -> Result<()> {
+    let status = Command::new("taskset")
+        .args(["--all-tasks", "--cpu-list", "--pid", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("run taskset (util-linux)")?;
+    if !status.success() {
+        bail!("taskset {cpus} for pid {pid} failed: {status}");
+    }
+    Ok(())
+}
+
+/// One placement-study row: qd1 p50 of ours and of the baseline it is held to.
+struct PlacementRow {
+    placement: Placement,
+    name: String,
+    ours: Measured,
+    baseline: Measured,
+    baseline_name: &'static str,
+}
+
+/// The qd1 512 B points again with the CPUs fixed, identically for both
+/// paths. On a VM whose idle vCPUs halt, each wake-up that lands on the
+/// other vCPU costs tens of microseconds; nbdkit's two-process path and our
+/// three-process chain meet that cost a different number of times when the
+/// scheduler is free. Fixing the placement shows the software's own cost.
+fn placement_study(paths: &Paths, seconds: u64, cpus: usize) -> Result<Vec<PlacementRow>> {
+    let all_cpus = format!("0-{}", cpus - 1);
+    let all_pids = || {
+        paths
+            .chain_pids
+            .iter()
+            .copied()
+            .chain([paths.plain_pid, paths.fua_pid])
+    };
+    let mut rows = Vec::new();
+    let mut run = || -> Result<()> {
+        for placement in [Placement::OneCpu, Placement::ClientApart] {
+            for pid in all_pids() {
+                pin(pid, placement.server_cpus())?;
+            }
+            for op in [Op::Write, Op::Read] {
+                let point = Point {
+                    op,
+                    block: 512,
+                    iodepth: 1,
+                    clients: 1,
+                };
+                let (baseline_uri, baseline_name) = match op {
+                    Op::Write => (paths.fua_uri, "nbdkit+FUA"),
+                    Op::Read => (paths.plain_uri, "nbdkit"),
+                };
+                rows.push(PlacementRow {
+                    placement,
+                    name: format!("{} 512 B qd1", op.json_key()),
+                    ours: run_fio_on(paths.chain_uri, point, seconds, Some(0))?,
+                    baseline: run_fio_on(baseline_uri, point, seconds, Some(0))?,
+                    baseline_name,
+                });
+            }
+        }
+        Ok(())
+    };
+    let result = run();
+    for pid in all_pids() {
+        pin(pid, &all_cpus)?;
+    }
+    result.map(|()| rows)
+}
+
+fn print_placement(rows: &[PlacementRow], markdown: bool) {
+    println!("\nCPU placement study (no bar: the same qd1 points with the CPUs fixed alike for both paths)\n");
+    if markdown {
+        println!("| placement | point | ours p50 | baseline p50 | ratio |");
+        println!("|---|---|---|---|---|");
+    }
+    for row in rows {
+        let ratio = row.ours.p50_us / row.baseline.p50_us;
+        if markdown {
+            println!(
+                "| {} | {} | {:.1} us | {:.1} us ({}) | {ratio:.2}x |",
+                row.placement.label(),
+                row.name,
+                row.ours.p50_us,
+                row.baseline.p50_us,
+                row.baseline_name
+            );
+        } else {
+            println!(
+                "{:<32} {:<16} ours {:>7.1} us | {} {:>7.1} us | {ratio:.2}x",
+                row.placement.label(),
+                row.name,
+                row.ours.p50_us,
+                row.baseline_name,
+                row.baseline.p50_us
+            );
+        }
+    }
 }
 
 /// One benchmark point measured on the three paths.
