@@ -63,6 +63,9 @@ overlay="$work/overlay"
 rm -rf "$overlay"
 mkdir -p "$overlay/bin"
 cp "$scenario" "$overlay/scenario.sh"
+# Shell helpers the scenarios share, sourced from /vmtest/*.sh.
+mkdir -p "$overlay/vmtest"
+cp "$here"/scenarios/lib/*.sh "$overlay/vmtest/"
 bins=()
 for spec in "${files[@]}"; do
   hostf="${spec%%:*}"

@@ -32,7 +32,6 @@
 #
 # Parameters: vmt_role (a|b), vmt_ip1, vmt_peer, vmt_hostname (vm-a|vm-b).
 name="drbd-http-$vmt_role"
-export PATH="$PATH:/lib/drbd"
 log=/tmp/http-disk-server.log
 fail() {
   echo "VMTEST FAIL $name $*"
@@ -40,46 +39,8 @@ fail() {
   echo "--- $log ---"; cat "$log" 2>/dev/null
   exit 1
 }
-now() { cut -d' ' -f1 /proc/uptime; }
-# wait_for SECONDS COMMAND...: polls COMMAND every 0.2 s until SECONDS of
-# real time passed (counted on the clock: each try may itself take seconds).
-wait_for() {
-  t="$1"; shift
-  end=$(( $(cut -d. -f1 /proc/uptime) + t ))
-  while ! "$@"; do
-    [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ] || return 1
-    sleep 0.2
-  done
-}
-[ "$vmt_role" = a ] && addr_a="$vmt_ip1" addr_b="$vmt_peer" || addr_a="$vmt_peer" addr_b="$vmt_ip1"
-cat >/etc/drbd.conf <<CONF
-global { usage-count no; }
-resource hb {
-  protocol C;
-  device /dev/drbd0;
-  disk /dev/loop0;
-  meta-disk internal;
-  net {
-    ping-int 3;
-    ping-timeout 5;
-    timeout 20;
-    connect-int 3;
-  }
-  on vm-a { address $addr_a:7789; }
-  on vm-b { address $addr_b:7789; }
-}
-CONF
-truncate -s 32M /tmp/backing.img
-losetup /dev/loop0 /tmp/backing.img || fail "losetup"
-out="$(drbdadm -- --force create-md hb 2>&1)" || fail "create-md: $out"
-out="$(drbdadm up hb 2>&1)" || fail "drbdadm up: $out"
-connected() { [ "$(drbdadm cstate hb 2>/dev/null)" = Connected ]; }
-wait_for 60 connected || fail "not Connected: $(drbdadm cstate hb)"
-if [ "$vmt_role" = a ]; then
-  out="$(drbdadm -- --clear-bitmap new-current-uuid hb 2>&1)" || fail "new-current-uuid: $out"
-fi
-uptodate() { [ "$(drbdadm dstate hb 2>/dev/null)" = UpToDate/UpToDate ]; }
-wait_for 30 uptodate || fail "not UpToDate/UpToDate: $(drbdadm dstate hb)"
+. /vmtest/drbd.sh
+drbd_pair_up
 # Start both servers at (nearly) the same moment.
 if [ "$vmt_role" = a ]; then
   tell_go() { echo go | timeout 5 nc "$addr_b" 9001 2>/dev/null; }
