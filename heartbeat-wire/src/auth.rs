@@ -75,13 +75,22 @@ pub const MIN_SECRET_BYTES: usize = 16;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// SHA-256 of the empty string: the signed digest of every HEAD and GET.
+const EMPTY_BODY_SHA256: [u8; 32] = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
+
 /// SHA-256 of the empty body (HEAD, GET).
 pub fn empty_body_sha256() -> [u8; 32] {
-    Sha256::digest(b"").into()
+    EMPTY_BODY_SHA256
 }
 
 /// SHA-256 of a body.
 pub fn body_sha256(body: &[u8]) -> [u8; 32] {
+    if body.is_empty() {
+        return EMPTY_BODY_SHA256;
+    }
     Sha256::digest(body).into()
 }
 
@@ -89,7 +98,9 @@ pub fn body_sha256(body: &[u8]) -> [u8; 32] {
 #[derive(Clone)]
 pub struct PoolKey {
     pub id: String,
-    secret: Vec<u8>,
+    /// HMAC state with the secret already absorbed: cloned per request,
+    /// which saves hashing the padded key twice each time.
+    keyed: HmacSha256,
 }
 
 impl fmt::Debug for PoolKey {
@@ -121,12 +132,12 @@ impl PoolKey {
         }
         Ok(Self {
             id: id.to_owned(),
-            secret: secret.to_vec(),
+            keyed: HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length"),
         })
     }
 
     fn mac(&self) -> HmacSha256 {
-        HmacSha256::new_from_slice(&self.secret).expect("HMAC takes keys of any length")
+        self.keyed.clone()
     }
 }
 
@@ -252,6 +263,43 @@ pub struct SignedParts<'a> {
     pub range: &'a str,
 }
 
+/// Hand the canonical string to `sink` piece by piece, so that the MAC can
+/// be computed without building it (this runs for every request, on both
+/// sides).
+fn write_canonical(
+    parts: &SignedParts<'_>,
+    body_sha256: &[u8; 32],
+    ts_ms: u64,
+    nonce: u128,
+    key_id: &str,
+    sink: &mut dyn FnMut(&[u8]),
+) {
+    let sha_hex = HexDigits::<64>::of(body_sha256);
+    let nonce_hex = HexDigits::<32>::of(&nonce.to_be_bytes());
+    let mut ts = itoa::Buffer::new();
+    let pieces: [&[u8]; 16] = [
+        b"heartbeat-auth-",
+        VERSION.as_bytes(),
+        b"\n",
+        parts.method.as_bytes(),
+        b"\n",
+        parts.path.as_bytes(),
+        b"\n",
+        parts.range.as_bytes(),
+        b"\n",
+        sha_hex.as_str().as_bytes(),
+        b"\n",
+        ts.format(ts_ms).as_bytes(),
+        b"\n",
+        nonce_hex.as_str().as_bytes(),
+        b"\n",
+        key_id.as_bytes(),
+    ];
+    for piece in pieces {
+        sink(piece);
+    }
+}
+
 /// The string the MAC is computed over.
 pub fn canonical_string(
     parts: &SignedParts<'_>,
@@ -260,18 +308,24 @@ pub fn canonical_string(
     nonce: u128,
     key_id: &str,
 ) -> String {
-    format!(
-        "heartbeat-auth-{VERSION}\n{}\n{}\n{}\n{}\n{ts_ms}\n{nonce:032x}\n{key_id}",
-        parts.method,
-        parts.path,
-        parts.range,
-        encode_hex(body_sha256)
-    )
+    let mut out = Vec::with_capacity(192);
+    write_canonical(parts, body_sha256, ts_ms, nonce, key_id, &mut |p| {
+        out.extend_from_slice(p)
+    });
+    String::from_utf8(out).expect("header values are text")
 }
 
-fn compute_mac(key: &PoolKey, canonical: &str) -> HmacSha256 {
+fn compute_mac(
+    key: &PoolKey,
+    parts: &SignedParts<'_>,
+    body_sha256: &[u8; 32],
+    ts_ms: u64,
+    nonce: u128,
+) -> HmacSha256 {
     let mut mac = key.mac();
-    mac.update(canonical.as_bytes());
+    write_canonical(parts, body_sha256, ts_ms, nonce, &key.id, &mut |p| {
+        mac.update(p)
+    });
     mac
 }
 
@@ -284,14 +338,27 @@ pub fn sign_with(
     nonce: u128,
 ) -> String {
     let digest = body_sha256(body);
-    let canonical = canonical_string(parts, &digest, ts_ms, nonce, &key.id);
-    let mac = compute_mac(key, &canonical).finalize().into_bytes();
-    format!(
-        "{VERSION} key={} ts={ts_ms} nonce={nonce:032x} sha256={} mac={}",
-        key.id,
-        encode_hex(&digest),
-        encode_hex(&mac)
-    )
+    let mac = compute_mac(key, parts, &digest, ts_ms, nonce)
+        .finalize()
+        .into_bytes();
+    let mut ts = itoa::Buffer::new();
+    let mut value = String::with_capacity(224);
+    for piece in [
+        VERSION,
+        " key=",
+        &key.id,
+        " ts=",
+        ts.format(ts_ms),
+        " nonce=",
+        HexDigits::<32>::of(&nonce.to_be_bytes()).as_str(),
+        " sha256=",
+        HexDigits::<64>::of(&digest).as_str(),
+        " mac=",
+        HexDigits::<64>::of(&mac).as_str(),
+    ] {
+        value.push_str(piece);
+    }
+    value
 }
 
 /// The header value for a request sent now, with a fresh random nonce.
@@ -343,12 +410,11 @@ impl AuthHeader {
             .and_then(|t| t.parse::<u64>().ok())
             .ok_or_else(|| bad("ts= must be unix milliseconds"))?;
         let nonce = nonce
-            .filter(|n| n.len() == 32)
-            .and_then(|n| u128::from_str_radix(n, 16).ok())
+            .and_then(decode_hex_array::<16>)
+            .map(u128::from_be_bytes)
             .ok_or_else(|| bad("nonce= must be 32 hex digits"))?;
         let hex32 = |v: Option<&str>, what: &str| {
-            v.and_then(decode_hex)
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            v.and_then(decode_hex_array::<32>)
                 .ok_or_else(|| bad(&format!("{what}= must be 64 hex digits")))
         };
         Ok(Self {
@@ -500,8 +566,7 @@ impl Verifier {
                 window_ms: self.window_ms,
             });
         }
-        let canonical = canonical_string(parts, &h.body_sha256, h.ts_ms, h.nonce, &h.key_id);
-        compute_mac(key, &canonical)
+        compute_mac(key, parts, &h.body_sha256, h.ts_ms, h.nonce)
             .verify_slice(&h.mac)
             .map_err(|_| AuthError::BadMac)?;
         if !has_body && h.body_sha256 != empty_body_sha256() {
@@ -532,6 +597,29 @@ pub fn encode_hex(bytes: &[u8]) -> String {
 /// character.
 pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
     hex::decode(s).ok()
+}
+
+/// Exactly `N` bytes from `2N` hex digits (either case), without allocating.
+fn decode_hex_array<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}
+
+/// Lower-case hex digits of a fixed-size value, on the stack: the signing
+/// path formats three of them per request.
+struct HexDigits<const D: usize>([u8; D]);
+
+impl<const D: usize> HexDigits<D> {
+    fn of(bytes: &[u8]) -> Self {
+        let mut digits = [0u8; D];
+        hex::encode_to_slice(bytes, &mut digits).expect("D is twice the byte count");
+        Self(digits)
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
 }
 
 #[cfg(test)]
@@ -666,6 +754,48 @@ mod tests {
     }
 
     #[test]
+    fn header_and_mac_follow_the_documented_canonical_string() {
+        // Computed here from the module documentation, independently of the
+        // streaming code that signs real requests.
+        let body_hex = hex::encode(Sha256::digest(b"abcd"));
+        let canonical = format!(
+            "heartbeat-auth-v1\nPUT\n/\nbytes 0-3/*\n{body_hex}\n1700000000000\n{:032x}\nk2",
+            0xabcdef_u128
+        );
+        let secret = decode_hex("00112233445566778899aabbccddeeff").unwrap();
+        let mut mac = HmacSha256::new_from_slice(&secret).unwrap();
+        mac.update(canonical.as_bytes());
+        let mac_hex = hex::encode(mac.finalize().into_bytes());
+        let signed = sign_with(
+            keys().signing_key(),
+            &PUT,
+            b"abcd",
+            1_700_000_000_000,
+            0xabcdef,
+        );
+        assert_eq!(
+            signed,
+            format!(
+                "v1 key=k2 ts=1700000000000 nonce=00000000000000000000000000abcdef sha256={body_hex} mac={mac_hex}"
+            )
+        );
+        assert_eq!(
+            canonical_string(
+                &PUT,
+                &body_sha256(b"abcd"),
+                1_700_000_000_000,
+                0xabcdef,
+                "k2"
+            ),
+            canonical
+        );
+        let parsed = AuthHeader::parse(&signed).unwrap();
+        assert_eq!(parsed.nonce, 0xabcdef);
+        assert_eq!(hex::encode(parsed.mac), mac_hex);
+        assert_eq!(empty_body_sha256(), <[u8; 32]>::from(Sha256::digest(b"")));
+    }
+
+    #[test]
     fn malformed_headers_are_refused() {
         for h in [
             "",
@@ -674,6 +804,8 @@ mod tests {
             "v1 key=a ts=x nonce=00000000000000000000000000000001",
             "v1 key=a key=b",
             "v1 foo=bar",
+            // A sign is not a hex digit, though `from_str_radix` takes one.
+            "v1 key=a ts=1 nonce=+0000000000000000000000000000001 sha256=00 mac=00",
         ] {
             assert!(
                 matches!(AuthHeader::parse(h), Err(AuthError::Malformed(_))),
