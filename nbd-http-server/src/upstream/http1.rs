@@ -602,9 +602,10 @@ impl Connection {
 
     /// The next response head, parsed, and whether its body is chunked.
     async fn read_head(&mut self) -> Result<(Response, bool), HttpError> {
-        let head_end = loop {
-            if let Some(i) = find(&self.buf[self.pos..], b"\r\n\r\n") {
-                break self.pos + i + 4;
+        loop {
+            if let Some(head) = parse_head(&self.buf[self.pos..])? {
+                self.pos += head.len;
+                return Ok((head.response, head.chunked));
             }
             if self.buf.len() - self.pos > MAX_HEAD {
                 return Err(HttpError::Protocol("response head too large".into()));
@@ -617,24 +618,7 @@ impl Connection {
                     HttpError::Protocol("connection closed inside the response head".into())
                 });
             }
-        };
-        let head = std::str::from_utf8(&self.buf[self.pos..head_end - 4])
-            .map_err(|_| HttpError::Protocol("response head is not UTF-8".into()))?
-            .to_owned();
-        self.pos = head_end;
-        let resp = parse_head(&head)?;
-        let mut chunked = false;
-        for line in head.split("\r\n").skip(1) {
-            if let Some((name, value)) = line.split_once(':') {
-                let (name, value) = (name.trim(), value.trim());
-                if name.eq_ignore_ascii_case("transfer-encoding")
-                    && value.to_ascii_lowercase().contains("chunked")
-                {
-                    chunked = true;
-                }
-            }
         }
-        Ok((resp, chunked))
     }
 
     /// The body of the response `resp` heads, into `resp.body`.
@@ -735,53 +719,80 @@ async fn read_spare(stream: &mut Stream, v: &mut Vec<u8>, max: usize) -> io::Res
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
-/// Parse the status line and the headers this client cares about.
-pub fn parse_head(head: &str) -> Result<Response, HttpError> {
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or("");
-    let status = parts
-        .next()
-        .and_then(|s| s.parse::<u16>().ok())
-        .filter(|_| version.starts_with("HTTP/1."))
-        .ok_or_else(|| HttpError::Protocol(format!("bad status line {status_line:?}")))?;
-    let mut resp = Response {
-        status,
-        keep_alive: version == "HTTP/1.1",
+/// Headers a response may carry before it is refused (http-disk-server
+/// sends about ten).
+const MAX_HEADERS: usize = 64;
+
+/// A response head at the start of a buffer.
+#[derive(Debug)]
+pub struct Head {
+    pub response: Response,
+    /// `Transfer-Encoding: chunked`.
+    pub chunked: bool,
+    /// Bytes of the head, blank line included.
+    pub len: usize,
+}
+
+/// Parse the status line and the headers this client cares about from the
+/// start of `buf`; None while the head is incomplete.
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => {
+            let start = &buf[..buf.len().min(64)];
+            return Err(HttpError::Protocol(format!(
+                "bad response head ({e}), starting {:?}",
+                String::from_utf8_lossy(start)
+            )));
+        }
+    };
+    let mut response = Response {
+        status: parsed.code.unwrap_or_default(),
+        keep_alive: parsed.version == Some(1),
         ..Response::default()
     };
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
+    let mut chunked = false;
+    for header in parsed.headers.iter() {
+        let name = header.name;
+        let Ok(value) = std::str::from_utf8(header.value) else {
             continue;
         };
-        let (name, value) = (name.trim(), value.trim());
+        let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
-            resp.content_length = Some(
+            response.content_length = Some(
                 value
                     .parse()
                     .map_err(|_| HttpError::Protocol(format!("bad Content-Length {value:?}")))?,
             );
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked |= value.to_ascii_lowercase().contains("chunked");
         } else if name.eq_ignore_ascii_case("connection") {
             let v = value.to_ascii_lowercase();
             if v.contains("close") {
-                resp.keep_alive = false;
+                response.keep_alive = false;
             } else if v.contains("keep-alive") {
-                resp.keep_alive = true;
+                response.keep_alive = true;
             }
         } else if name.eq_ignore_ascii_case(heartbeat_wire::HEADER_ROLE) {
-            resp.role = Some(value.to_owned());
+            response.role = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case(heartbeat_wire::HEADER_EPOCH) {
-            resp.epoch = value.parse().ok();
+            response.epoch = value.parse().ok();
         } else if name.eq_ignore_ascii_case(heartbeat_wire::HEADER_SERVING_URL) && !value.is_empty()
         {
-            resp.serving_url = Some(value.to_owned());
+            response.serving_url = Some(value.to_owned());
         }
     }
-    Ok(resp)
+    Ok(Some(Head {
+        response,
+        chunked,
+        len,
+    }))
 }
 
 /// Idle keep-alive connections to one server.
@@ -964,9 +975,16 @@ mod tests {
             .unwrap();
     }
 
+    fn head(text: &str) -> Result<Response, HttpError> {
+        let whole = format!("{text}\r\n\r\n");
+        let head = parse_head(whole.as_bytes())?.expect("complete head");
+        assert_eq!(head.len, whole.len());
+        Ok(head.response)
+    }
+
     #[test]
     fn parses_heads() {
-        let r = parse_head(
+        let r = head(
             "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nX-Heartbeat-Role: standby\r\nx-heartbeat-epoch: 7\r\nx-heartbeat-serving-url: http://b:1\r\nContent-Length: 0",
         )
         .unwrap();
@@ -975,16 +993,31 @@ mod tests {
         assert_eq!(r.epoch, Some(7));
         assert_eq!(r.serving_url.as_deref(), Some("http://b:1"));
         assert!(r.keep_alive);
-        let r = parse_head("HTTP/1.0 200 OK\r\nContent-Length: 4194304").unwrap();
+        let r = head("HTTP/1.0 200 OK\r\nContent-Length: 4194304").unwrap();
         assert_eq!(r.content_length, Some(4194304));
         assert!(!r.keep_alive);
         assert!(
-            !parse_head("HTTP/1.1 200 OK\r\nConnection: close")
+            !head("HTTP/1.1 200 OK\r\nConnection: close")
                 .unwrap()
                 .keep_alive
         );
-        assert!(parse_head("SSH-2.0-OpenSSH").is_err());
-        assert!(parse_head("HTTP/1.1 200 OK\r\nContent-Length: x").is_err());
+        assert!(head("SSH-2.0-OpenSSH").is_err());
+        assert!(head("HTTP/1.1 200 OK\r\nContent-Length: x").is_err());
+        let chunked = parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(chunked.chunked);
+        // Incomplete: wait for more bytes; the body after the head is not part of it.
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Len")
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            parse_head(b"HTTP/1.1 200 OK\r\n\r\nbody")
+                .unwrap()
+                .unwrap()
+                .len,
+            19
+        );
     }
 
     const US: Duration = Duration::from_micros(1);
