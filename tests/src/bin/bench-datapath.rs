@@ -8,8 +8,12 @@
 //! and with three clients at once, and the ratios the data-path issue sets as
 //! bars. Then, unless `--no-placement` (or on one CPU), the qd1 512 B points
 //! again with fio and the servers held to fixed CPUs, alike for both paths:
-//! where the time goes when the scheduler's choices are taken out. Usage:
-//!   cargo run --release -p heartbeat-tests --bin bench-datapath -- [--seconds N] [--markdown] [--no-placement]
+//! where the time goes when the scheduler's choices are taken out. Last,
+//! unless `--no-floor`, the qd1 points on a third path, nbdkit's `nbd`
+//! plugin in front of `nbdkit file`: two hops of C over Unix sockets, with
+//! no HTTP and no MAC, the floor of any two-hop design on this machine.
+//! Usage:
+//!   cargo run --release -p heartbeat-tests --bin bench-datapath -- [--seconds N] [--markdown] [--no-placement] [--no-floor]
 
 use std::path::Path;
 use std::process::Command;
@@ -136,6 +140,28 @@ fn start_nbdkit(disk: &Path, socket: &Path, force_fua: bool, log: &Path) -> Resu
     Ok(daemon)
 }
 
+/// `nbdkit nbd` on `socket`, forwarding every request to the NBD server on
+/// `backend`: a second hop with nothing else in it.
+fn start_nbdkit_proxy(backend: &Path, socket: &Path, log: &Path) -> Result<Daemon> {
+    let args = vec![
+        "-f".to_string(),
+        "-U".into(),
+        socket.display().to_string(),
+        "--exit-with-parent".into(),
+        "nbd".into(),
+        format!("socket={}", backend.display()),
+    ];
+    let daemon = Daemon::spawn(
+        "nbdkit-proxy",
+        Path::new("/usr/bin/nbdkit"),
+        &args,
+        log.to_path_buf(),
+    )?;
+    heartbeat_tests::poll_until(Duration::from_secs(10), || socket.exists().then_some(()))
+        .context("nbdkit (nbd plugin) did not create its socket")?;
+    Ok(daemon)
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let seconds: u64 = args
@@ -239,7 +265,73 @@ fn main() -> Result<()> {
         let study = placement_study(&paths, seconds, cpus)?;
         print_placement(&study, markdown);
     }
+
+    if !args.iter().any(|a| a == "--no-floor") {
+        let proxy_sock = dir.join("proxy.sock");
+        let _proxy = start_nbdkit_proxy(&plain_sock, &proxy_sock, &dir.join("proxy.log"))?;
+        let proxy_fua_sock = dir.join("proxy-fua.sock");
+        let _proxy_fua =
+            start_nbdkit_proxy(&fua_sock, &proxy_fua_sock, &dir.join("proxy-fua.log"))?;
+        let uri = |sock: &Path| format!("nbd+unix:///?socket={}", sock.display());
+        let mut floor = Vec::new();
+        for block in [512u64, 1024, 4096] {
+            for op in [Op::Write, Op::Read] {
+                let point = qd1(op, block);
+                let (direct, proxy, baseline_name) = match op {
+                    Op::Write => (&fua_uri, uri(&proxy_fua_sock), "nbdkit+FUA"),
+                    Op::Read => (&plain_uri, uri(&proxy_sock), "nbdkit"),
+                };
+                floor.push(FloorRow {
+                    name: format!("{} {block} B qd1", op.json_key()),
+                    baseline_name,
+                    ours: run_fio(&chain_uri, point, seconds)?,
+                    proxy: run_fio(&proxy, point, seconds)?,
+                    direct: run_fio(direct, point, seconds)?,
+                });
+            }
+        }
+        print_floor(&floor, markdown);
+    }
     Ok(())
+}
+
+/// One qd1 point on our chain, on the two-hop C proxy, and direct.
+struct FloorRow {
+    name: String,
+    baseline_name: &'static str,
+    ours: Measured,
+    proxy: Measured,
+    direct: Measured,
+}
+
+fn print_floor(rows: &[FloorRow], markdown: bool) {
+    println!("\nTwo-hop floor (no bar): nbdkit's nbd plugin in front of the baseline, Unix sockets, no HTTP, no MAC; p50 in microseconds\n");
+    if markdown {
+        println!("| point | ours p50 | two-hop nbdkit p50 | direct p50 | ours / direct | two-hop / direct | ours / two-hop |");
+        println!("|---|---|---|---|---|---|---|");
+    }
+    for row in rows {
+        let (o, p, d) = (row.ours.p50_us, row.proxy.p50_us, row.direct.p50_us);
+        if markdown {
+            println!(
+                "| {} | {o:.1} | {p:.1} | {d:.1} ({}) | {:.2}x | {:.2}x | {:.2}x |",
+                row.name,
+                row.baseline_name,
+                o / d,
+                p / d,
+                o / p
+            );
+        } else {
+            println!(
+                "{:<16} ours {o:>7.1} | two-hop {p:>7.1} | direct {d:>7.1} ({}) | ours/direct {:.2}x two-hop/direct {:.2}x ours/two-hop {:.2}x",
+                row.name,
+                row.baseline_name,
+                o / d,
+                p / d,
+                o / p
+            );
+        }
+    }
 }
 
 /// The three paths of the benchmark: URIs and the server processes behind them.
