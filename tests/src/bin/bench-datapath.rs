@@ -115,50 +115,38 @@ fn run_fio_on(uri: &str, point: Point, seconds: u64, cpu: Option<usize>) -> Resu
     })
 }
 
+/// `nbdkit file` on `disk` (every write forced to FUA if asked), serving
+/// `socket`.
 fn start_nbdkit(disk: &Path, socket: &Path, force_fua: bool, log: &Path) -> Result<Daemon> {
+    let file = format!("file={}", disk.display());
+    let plugin: Vec<&str> = if force_fua {
+        vec!["--filter=fua", "file", &file, "fuamode=force"]
+    } else {
+        vec!["file", &file]
+    };
+    spawn_nbdkit("nbdkit", socket, &plugin, log)
+}
+
+/// `nbdkit nbd` on `socket`, forwarding every request to the NBD server on
+/// `backend`: a second hop with nothing else in it.
+fn start_nbdkit_proxy(backend: &Path, socket: &Path, log: &Path) -> Result<Daemon> {
+    let backend = format!("socket={}", backend.display());
+    spawn_nbdkit("nbdkit-proxy", socket, &["nbd", &backend], log)
+}
+
+/// nbdkit in the foreground on the Unix socket `socket`, with `plugin` (the
+/// filters, plugin name and its parameters); returns once the socket exists.
+fn spawn_nbdkit(name: &str, socket: &Path, plugin: &[&str], log: &Path) -> Result<Daemon> {
     let mut args = vec![
         "-f".to_string(),
         "-U".into(),
         socket.display().to_string(),
         "--exit-with-parent".into(),
     ];
-    if force_fua {
-        args.extend(["--filter=fua".into()]);
-    }
-    args.extend(["file".into(), format!("file={}", disk.display())]);
-    if force_fua {
-        args.push("fuamode=force".into());
-    }
-    let daemon = Daemon::spawn(
-        "nbdkit",
-        Path::new("/usr/bin/nbdkit"),
-        &args,
-        log.to_path_buf(),
-    )?;
+    args.extend(plugin.iter().map(|a| a.to_string()));
+    let daemon = Daemon::spawn(name, Path::new("/usr/bin/nbdkit"), &args, log.to_path_buf())?;
     heartbeat_tests::poll_until(Duration::from_secs(10), || socket.exists().then_some(()))
-        .context("nbdkit did not create its socket")?;
-    Ok(daemon)
-}
-
-/// `nbdkit nbd` on `socket`, forwarding every request to the NBD server on
-/// `backend`: a second hop with nothing else in it.
-fn start_nbdkit_proxy(backend: &Path, socket: &Path, log: &Path) -> Result<Daemon> {
-    let args = vec![
-        "-f".to_string(),
-        "-U".into(),
-        socket.display().to_string(),
-        "--exit-with-parent".into(),
-        "nbd".into(),
-        format!("socket={}", backend.display()),
-    ];
-    let daemon = Daemon::spawn(
-        "nbdkit-proxy",
-        Path::new("/usr/bin/nbdkit"),
-        &args,
-        log.to_path_buf(),
-    )?;
-    heartbeat_tests::poll_until(Duration::from_secs(10), || socket.exists().then_some(()))
-        .context("nbdkit (nbd plugin) did not create its socket")?;
+        .with_context(|| format!("{name} did not create its socket {}", socket.display()))?;
     Ok(daemon)
 }
 
@@ -304,12 +292,21 @@ struct FloorRow {
     direct: Measured,
 }
 
-fn print_floor(rows: &[FloorRow], markdown: bool) {
-    println!("\nTwo-hop floor (no bar): nbdkit's nbd plugin in front of the baseline, Unix sockets, no HTTP, no MAC; p50 in microseconds\n");
+/// A table's title, and in Markdown its header row.
+fn print_heading(title: &str, columns: &[&str], markdown: bool) {
+    println!("\n{title}\n");
     if markdown {
-        println!("| point | ours p50 | two-hop nbdkit p50 | direct p50 | ours / direct | two-hop / direct | ours / two-hop |");
-        println!("|---|---|---|---|---|---|---|");
+        println!("| {} |", columns.join(" | "));
+        println!("|{}", "---|".repeat(columns.len()));
     }
+}
+
+fn print_floor(rows: &[FloorRow], markdown: bool) {
+    print_heading(
+        "Two-hop floor (no bar): nbdkit's nbd plugin in front of the baseline, Unix sockets, no HTTP, no MAC; p50 in microseconds",
+        &["point", "ours p50", "two-hop nbdkit p50", "direct p50", "ours / direct", "two-hop / direct", "ours / two-hop"],
+        markdown,
+    );
     for row in rows {
         let (o, p, d) = (row.ours.p50_us, row.proxy.p50_us, row.direct.p50_us);
         if markdown {
@@ -441,11 +438,11 @@ fn placement_study(paths: &Paths, seconds: u64, cpus: usize) -> Result<Vec<Place
 }
 
 fn print_placement(rows: &[PlacementRow], markdown: bool) {
-    println!("\nCPU placement study (no bar: the same qd1 points with the CPUs fixed alike for both paths)\n");
-    if markdown {
-        println!("| placement | point | ours p50 | baseline p50 | ratio |");
-        println!("|---|---|---|---|---|");
-    }
+    print_heading(
+        "CPU placement study (no bar: the same qd1 points with the CPUs fixed alike for both paths)",
+        &["placement", "point", "ours p50", "baseline p50", "ratio"],
+        markdown,
+    );
     for row in rows {
         let ratio = row.ours.p50_us / row.baseline.p50_us;
         if markdown {
@@ -514,11 +511,11 @@ fn print_report(rows: &[Row], seconds: u64, markdown: bool) {
     let or_dash = |m: Option<Measured>, f: &dyn Fn(&Measured) -> String| {
         m.as_ref().map(f).unwrap_or_else(|| "-".into())
     };
-    println!("\nfio nbd engine, {seconds} s per point, 4 MiB file; latency = total (submit + completion) latency in microseconds\n");
-    if markdown {
-        println!("| point | ours p50 / p99 | nbdkit p50 / p99 | nbdkit+FUA p50 / p99 | ours IOPS | nbdkit IOPS | nbdkit+FUA IOPS | ratio | bar |");
-        println!("|---|---|---|---|---|---|---|---|---|");
-    }
+    print_heading(
+        &format!("fio nbd engine, {seconds} s per point, 4 MiB file; latency = total (submit + completion) latency in microseconds"),
+        &["point", "ours p50 / p99", "nbdkit p50 / p99", "nbdkit+FUA p50 / p99", "ours IOPS", "nbdkit IOPS", "nbdkit+FUA IOPS", "ratio", "bar"],
+        markdown,
+    );
     for row in rows {
         let (ratio, met) = row.verdict();
         let bar = match met {
