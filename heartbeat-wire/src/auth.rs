@@ -263,20 +263,34 @@ pub struct SignedParts<'a> {
     pub range: &'a str,
 }
 
+/// The canonical string's variable fields as they appear in it; the
+/// signer puts the same hex digits in the header.
+struct CanonicalFields {
+    body_sha256: HexDigits<64>,
+    nonce: HexDigits<32>,
+    ts: itoa::Buffer,
+}
+
+impl CanonicalFields {
+    fn new(body_sha256: &[u8; 32], nonce: u128) -> Self {
+        Self {
+            body_sha256: HexDigits::of(body_sha256),
+            nonce: HexDigits::of(&nonce.to_be_bytes()),
+            ts: itoa::Buffer::new(),
+        }
+    }
+}
+
 /// Hand the canonical string to `sink` piece by piece, so that the MAC can
 /// be computed without building it (this runs for every request, on both
 /// sides).
 fn write_canonical(
     parts: &SignedParts<'_>,
-    body_sha256: &[u8; 32],
+    fields: &mut CanonicalFields,
     ts_ms: u64,
-    nonce: u128,
     key_id: &str,
     sink: &mut dyn FnMut(&[u8]),
 ) {
-    let sha_hex = HexDigits::<64>::of(body_sha256);
-    let nonce_hex = HexDigits::<32>::of(&nonce.to_be_bytes());
-    let mut ts = itoa::Buffer::new();
     let pieces: [&[u8]; 16] = [
         b"heartbeat-auth-",
         VERSION.as_bytes(),
@@ -287,11 +301,11 @@ fn write_canonical(
         b"\n",
         parts.range.as_bytes(),
         b"\n",
-        sha_hex.as_str().as_bytes(),
+        fields.body_sha256.as_str().as_bytes(),
         b"\n",
-        ts.format(ts_ms).as_bytes(),
+        fields.ts.format(ts_ms).as_bytes(),
         b"\n",
-        nonce_hex.as_str().as_bytes(),
+        fields.nonce.as_str().as_bytes(),
         b"\n",
         key_id.as_bytes(),
     ];
@@ -309,7 +323,8 @@ pub fn canonical_string(
     key_id: &str,
 ) -> String {
     let mut out = Vec::with_capacity(192);
-    write_canonical(parts, body_sha256, ts_ms, nonce, key_id, &mut |p| {
+    let mut fields = CanonicalFields::new(body_sha256, nonce);
+    write_canonical(parts, &mut fields, ts_ms, key_id, &mut |p| {
         out.extend_from_slice(p)
     });
     String::from_utf8(out).expect("header values are text")
@@ -318,14 +333,11 @@ pub fn canonical_string(
 fn compute_mac(
     key: &PoolKey,
     parts: &SignedParts<'_>,
-    body_sha256: &[u8; 32],
+    fields: &mut CanonicalFields,
     ts_ms: u64,
-    nonce: u128,
 ) -> HmacSha256 {
     let mut mac = key.mac();
-    write_canonical(parts, body_sha256, ts_ms, nonce, &key.id, &mut |p| {
-        mac.update(p)
-    });
+    write_canonical(parts, fields, ts_ms, &key.id, &mut |p| mac.update(p));
     mac
 }
 
@@ -337,22 +349,21 @@ pub fn sign_with(
     ts_ms: u64,
     nonce: u128,
 ) -> String {
-    let digest = body_sha256(body);
-    let mac = compute_mac(key, parts, &digest, ts_ms, nonce)
+    let mut fields = CanonicalFields::new(&body_sha256(body), nonce);
+    let mac = compute_mac(key, parts, &mut fields, ts_ms)
         .finalize()
         .into_bytes();
-    let mut ts = itoa::Buffer::new();
     let mut value = String::with_capacity(224);
     for piece in [
         VERSION,
         " key=",
         &key.id,
         " ts=",
-        ts.format(ts_ms),
+        fields.ts.format(ts_ms),
         " nonce=",
-        HexDigits::<32>::of(&nonce.to_be_bytes()).as_str(),
+        fields.nonce.as_str(),
         " sha256=",
-        HexDigits::<64>::of(&digest).as_str(),
+        fields.body_sha256.as_str(),
         " mac=",
         HexDigits::<64>::of(&mac).as_str(),
     ] {
@@ -566,7 +577,8 @@ impl Verifier {
                 window_ms: self.window_ms,
             });
         }
-        compute_mac(key, parts, &h.body_sha256, h.ts_ms, h.nonce)
+        let mut fields = CanonicalFields::new(&h.body_sha256, h.nonce);
+        compute_mac(key, parts, &mut fields, h.ts_ms)
             .verify_slice(&h.mac)
             .map_err(|_| AuthError::BadMac)?;
         if !has_body && h.body_sha256 != empty_body_sha256() {
