@@ -134,6 +134,11 @@ fn start_nbdkit_proxy(backend: &Path, socket: &Path, log: &Path) -> Result<Daemo
     spawn_nbdkit("nbdkit-proxy", socket, &["nbd", &backend], log)
 }
 
+/// The libnbd URI of the default export on a Unix socket.
+fn unix_uri(socket: &Path) -> String {
+    format!("nbd+unix:///?socket={}", socket.display())
+}
+
 /// nbdkit in the foreground on the Unix socket `socket`, with `plugin` (the
 /// filters, plugin name and its parameters); returns once the socket exists.
 fn spawn_nbdkit(name: &str, socket: &Path, plugin: &[&str], log: &Path) -> Result<Daemon> {
@@ -180,10 +185,10 @@ fn main() -> Result<()> {
 
     let plain_sock = dir.join("nbdkit.sock");
     let nbdkit = start_nbdkit(&disk.path, &plain_sock, false, &dir.join("nbdkit.log"))?;
-    let plain_uri = format!("nbd+unix:///?socket={}", plain_sock.display());
+    let plain_uri = unix_uri(&plain_sock);
     let fua_sock = dir.join("nbdkit-fua.sock");
     let nbdkit_fua = start_nbdkit(&disk.path, &fua_sock, true, &dir.join("nbdkit-fua.log"))?;
-    let fua_uri = format!("nbd+unix:///?socket={}", fua_sock.display());
+    let fua_uri = unix_uri(&fua_sock);
 
     eprintln!(
         "chain: {} ; http-disk-server {} ; baseline nbdkit {}",
@@ -260,14 +265,13 @@ fn main() -> Result<()> {
         let proxy_fua_sock = dir.join("proxy-fua.sock");
         let _proxy_fua =
             start_nbdkit_proxy(&fua_sock, &proxy_fua_sock, &dir.join("proxy-fua.log"))?;
-        let uri = |sock: &Path| format!("nbd+unix:///?socket={}", sock.display());
         let mut floor = Vec::new();
         for block in [512u64, 1024, 4096] {
             for op in [Op::Write, Op::Read] {
                 let point = qd1(op, block);
                 let (direct, proxy, baseline_name) = match op {
-                    Op::Write => (&fua_uri, uri(&proxy_fua_sock), "nbdkit+FUA"),
-                    Op::Read => (&plain_uri, uri(&proxy_sock), "nbdkit"),
+                    Op::Write => (&fua_uri, unix_uri(&proxy_fua_sock), "nbdkit+FUA"),
+                    Op::Read => (&plain_uri, unix_uri(&proxy_sock), "nbdkit"),
                 };
                 floor.push(FloorRow {
                     name: format!("{} {block} B qd1", op.json_key()),
