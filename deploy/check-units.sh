@@ -47,7 +47,7 @@ for unit in "$tmp"/*.service; do
     status=1
   fi
   # Any complaint about our own unit file is a failure, even a warning.
-  if printf '%s\n' "$out" | grep -F "$(basename "$unit")" >/dev/null; then
+  if grep -qF "$(basename "$unit")" <<<"$out"; then
     status=1
   fi
   printf '%s: %s\n' "$(basename "$unit")" "${out:-ok}"
@@ -60,7 +60,9 @@ for unit in deploy/*@.service; do
   bin="$(basename "$(printf '%s' "${line#ExecStart=}" | cut -d' ' -f1)")"
   help="$("$bindir/$bin" --help)"
   for flag in $(printf '%s\n' "$line" | grep -o -- '--[a-z][a-z-]*' | sort -u); do
-    if ! printf '%s\n' "$help" | grep -q -- "$flag\b"; then
+    # A here-string, not a pipe: grep -q stops at the first match, and under
+    # pipefail the writer's SIGPIPE would count as "not listed".
+    if ! grep -q -- "$flag\b" <<<"$help"; then
       echo "$(basename "$unit"): $bin --help does not list $flag" >&2
       status=1
     fi
