@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests, benchmarks and demo talk to: real NBD
 # clients (libnbd-bin, python3-libnbd, qemu-io, fio), the no-proxy baseline
-# (nbdkit), curl, and iproute2 for network namespaces. Idempotent.
+# (nbdkit), curl, iproute2 for network namespaces, and socat (the benchmark's
+# byte relay). Idempotent.
 set -euo pipefail
 
-packages=(libnbd-bin python3-libnbd python3-prometheus-client nbdkit nbdfuse fio curl iproute2 procps)
+packages=(libnbd-bin python3-libnbd python3-prometheus-client nbdkit nbdfuse fio curl iproute2 procps socat)
 # qemu-io: the machine may carry a newer qemu-utils than Debian's; keep it.
 command -v qemu-io >/dev/null 2>&1 || packages+=(qemu-utils)
 

@@ -9,9 +9,11 @@
 //! bars. Then, unless `--no-placement` (or on one CPU), the qd1 512 B points
 //! again with fio and the servers held to fixed CPUs, alike for both paths:
 //! where the time goes when the scheduler's choices are taken out. Last,
-//! unless `--no-floor`, the qd1 points on a third path, nbdkit's `nbd`
-//! plugin in front of `nbdkit file`: two hops of C over Unix sockets, with
-//! no HTTP and no MAC, the floor of any two-hop design on this machine.
+//! unless `--no-floor`, the qd1 points on two more paths in front of
+//! `nbdkit file`: a byte relay (`socat`, no protocol work at all), and
+//! nbdkit's `nbd` plugin (an NBD proxy in C). Both are two hops over Unix
+//! sockets with no HTTP and no MAC: the floor of any design that puts a
+//! second process in the path, on this machine.
 //! Usage:
 //!   cargo run --release -p heartbeat-tests --bin bench-datapath -- [--seconds N] [--markdown] [--no-placement] [--no-floor]
 
@@ -134,6 +136,20 @@ fn start_nbdkit_proxy(backend: &Path, socket: &Path, log: &Path) -> Result<Daemo
     spawn_nbdkit("nbdkit-proxy", socket, &["nbd", &backend], log)
 }
 
+/// `socat` relaying every connection on `socket` to `backend` byte for byte
+/// (one forked relay per connection): a second process in the path and
+/// nothing else, the cheapest second hop there is.
+fn start_relay(backend: &Path, socket: &Path, log: &Path) -> Result<Daemon> {
+    let args = [
+        format!("UNIX-LISTEN:{},fork", socket.display()),
+        format!("UNIX-CONNECT:{}", backend.display()),
+    ];
+    let daemon = Daemon::spawn("socat", Path::new("socat"), &args, log.to_path_buf())?;
+    heartbeat_tests::poll_until(Duration::from_secs(10), || socket.exists().then_some(()))
+        .with_context(|| format!("socat did not create its socket {}", socket.display()))?;
+    Ok(daemon)
+}
+
 /// The libnbd URI of the default export on a Unix socket.
 fn unix_uri(socket: &Path) -> String {
     format!("nbd+unix:///?socket={}", socket.display())
@@ -165,8 +181,12 @@ fn main() -> Result<()> {
         .transpose()?
         .unwrap_or(10);
     let markdown = args.iter().any(|a| a == "--markdown");
+    let floor = !args.iter().any(|a| a == "--no-floor");
     for tool in ["fio", "nbdkit"] {
         require_tool(tool);
+    }
+    if floor {
+        require_tool("socat");
     }
 
     let disk = TempDisk::random(DISK_SIZE, 7);
@@ -259,7 +279,11 @@ fn main() -> Result<()> {
         print_placement(&study, markdown);
     }
 
-    if !args.iter().any(|a| a == "--no-floor") {
+    if floor {
+        let relay_sock = dir.join("relay.sock");
+        let _relay = start_relay(&plain_sock, &relay_sock, &dir.join("relay.log"))?;
+        let relay_fua_sock = dir.join("relay-fua.sock");
+        let _relay_fua = start_relay(&fua_sock, &relay_fua_sock, &dir.join("relay-fua.log"))?;
         let proxy_sock = dir.join("proxy.sock");
         let _proxy = start_nbdkit_proxy(&plain_sock, &proxy_sock, &dir.join("proxy.log"))?;
         let proxy_fua_sock = dir.join("proxy-fua.sock");
@@ -269,14 +293,25 @@ fn main() -> Result<()> {
         for block in [512u64, 1024, 4096] {
             for op in [Op::Write, Op::Read] {
                 let point = qd1(op, block);
-                let (direct, proxy, baseline_name) = match op {
-                    Op::Write => (&fua_uri, unix_uri(&proxy_fua_sock), "nbdkit+FUA"),
-                    Op::Read => (&plain_uri, unix_uri(&proxy_sock), "nbdkit"),
+                let (direct, relay, proxy, baseline_name) = match op {
+                    Op::Write => (
+                        &fua_uri,
+                        unix_uri(&relay_fua_sock),
+                        unix_uri(&proxy_fua_sock),
+                        "nbdkit+FUA",
+                    ),
+                    Op::Read => (
+                        &plain_uri,
+                        unix_uri(&relay_sock),
+                        unix_uri(&proxy_sock),
+                        "nbdkit",
+                    ),
                 };
                 floor.push(FloorRow {
                     name: format!("{} {block} B qd1", op.json_key()),
                     baseline_name,
                     ours: run_fio(&chain_uri, point, seconds)?,
+                    relay: run_fio(&relay, point, seconds)?,
                     proxy: run_fio(&proxy, point, seconds)?,
                     direct: run_fio(direct, point, seconds)?,
                 });
@@ -287,11 +322,13 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// One qd1 point on our chain, on the two-hop C proxy, and direct.
+/// One qd1 point on our chain, on the byte relay, on the NBD proxy, and
+/// direct.
 struct FloorRow {
     name: String,
     baseline_name: &'static str,
     ours: Measured,
+    relay: Measured,
     proxy: Measured,
     direct: Measured,
 }
@@ -307,29 +344,34 @@ fn print_heading(title: &str, columns: &[&str], markdown: bool) {
 
 fn print_floor(rows: &[FloorRow], markdown: bool) {
     print_heading(
-        "Two-hop floor (no bar): nbdkit's nbd plugin in front of the baseline, Unix sockets, no HTTP, no MAC; p50 in microseconds",
-        &["point", "ours p50", "two-hop nbdkit p50", "direct p50", "ours / direct", "two-hop / direct", "ours / two-hop"],
+        "Two-hop floor (no bar): a byte relay (socat) and an NBD proxy (nbdkit nbd) in front of the baseline, Unix sockets, no HTTP, no MAC; p50 in microseconds",
+        &["point", "ours", "relay", "nbd proxy", "direct", "ours / direct", "relay / direct", "nbd proxy / direct"],
         markdown,
     );
     for row in rows {
-        let (o, p, d) = (row.ours.p50_us, row.proxy.p50_us, row.direct.p50_us);
+        let (o, r, p, d) = (
+            row.ours.p50_us,
+            row.relay.p50_us,
+            row.proxy.p50_us,
+            row.direct.p50_us,
+        );
         if markdown {
             println!(
-                "| {} | {o:.1} | {p:.1} | {d:.1} ({}) | {:.2}x | {:.2}x | {:.2}x |",
+                "| {} | {o:.1} | {r:.1} | {p:.1} | {d:.1} ({}) | {:.2}x | {:.2}x | {:.2}x |",
                 row.name,
                 row.baseline_name,
                 o / d,
-                p / d,
-                o / p
+                r / d,
+                p / d
             );
         } else {
             println!(
-                "{:<16} ours {o:>7.1} | two-hop {p:>7.1} | direct {d:>7.1} ({}) | ours/direct {:.2}x two-hop/direct {:.2}x ours/two-hop {:.2}x",
+                "{:<16} ours {o:>7.1} | relay {r:>7.1} | nbd proxy {p:>7.1} | direct {d:>7.1} ({}) | ours/direct {:.2}x relay/direct {:.2}x proxy/direct {:.2}x",
                 row.name,
                 row.baseline_name,
                 o / d,
-                p / d,
-                o / p
+                r / d,
+                p / d
             );
         }
     }
