@@ -10,7 +10,6 @@
 //! outside. The price is a thread per connection: connections are few (a
 //! couple per pool host) and capped by `--max-connections`.
 
-use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,14 +36,37 @@ pub struct ConnSettings {
 
 /// An accepted connection and its slot under the connection limits.
 pub struct Accepted {
-    pub stream: tokio::net::TcpStream,
-    pub peer: SocketAddr,
+    pub stream: ClientStream,
+    /// The peer for logs: `ADDR:PORT`, or the Unix socket's path.
+    pub peer: String,
     pub slot: ConnectionSlot,
+}
+
+/// A client's socket: TCP (plain or TLS) or, from this host, `--unix-socket`.
+pub enum ClientStream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// [`ClientStream`] between the accepting runtime and the connection's own.
+enum StdStream {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl ClientStream {
+    fn into_std(self) -> std::io::Result<StdStream> {
+        Ok(match self {
+            ClientStream::Tcp(s) => StdStream::Tcp(s.into_std()?),
+            ClientStream::Unix(s) => StdStream::Unix(s.into_std()?),
+        })
+    }
 }
 
 /// Serve `conn` on a thread of its own until the peer leaves or the server
 /// stops (then gracefully: in-flight requests finish). Failing to start the
-/// thread closes the connection with a warning.
+/// thread closes the connection with a warning. `tls` applies to TCP
+/// connections only.
 pub fn spawn(
     conn: Accepted,
     svc: Arc<DiskService>,
@@ -61,8 +83,10 @@ pub fn spawn(
             return;
         }
     };
+    let thread_name = format!("conn-{peer}");
+    let peer_for_error = peer.clone();
     let started = std::thread::Builder::new()
-        .name(format!("conn-{peer}"))
+        .name(thread_name)
         .stack_size(CONNECTION_STACK)
         .spawn(move || {
             let _slot = slot;
@@ -79,29 +103,39 @@ pub fn spawn(
             runtime.block_on(serve(stream, peer, svc, stop, settings, tls));
         });
     if let Err(e) = started {
-        tracing::warn!(%peer, error = %e, "cannot start a thread for a connection; closing it. Raise the process's thread limit or lower --max-connections");
+        tracing::warn!(peer = %peer_for_error, error = %e, "cannot start a thread for a connection; closing it. Raise the process's thread limit or lower --max-connections");
     }
 }
 
 async fn serve(
-    stream: std::net::TcpStream,
-    peer: SocketAddr,
+    stream: StdStream,
+    peer: String,
     svc: Arc<DiskService>,
     stop: watch::Receiver<bool>,
     settings: ConnSettings,
     tls: Option<TlsAcceptor>,
 ) {
-    let socket = ClientSocket(stream.as_raw_fd());
-    let stream = match tokio::net::TcpStream::from_std(stream) {
-        Ok(s) => s,
+    let registered = match stream {
+        StdStream::Tcp(s) => {
+            let socket = ClientSocket(s.as_raw_fd());
+            tokio::net::TcpStream::from_std(s).map(|s| (ClientStream::Tcp(s), socket))
+        }
+        StdStream::Unix(s) => {
+            let socket = ClientSocket(s.as_raw_fd());
+            tokio::net::UnixStream::from_std(s).map(|s| (ClientStream::Unix(s), socket))
+        }
+    };
+    let (stream, socket) = match registered {
+        Ok(x) => x,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "cannot register a connection with its runtime; closing it");
             return;
         }
     };
-    let result = match tls {
-        None => serve_http(stream, socket, svc, stop, settings).await,
-        Some(acceptor) => {
+    let result = match (stream, tls) {
+        (ClientStream::Unix(stream), _) => serve_http(stream, socket, svc, stop, settings).await,
+        (ClientStream::Tcp(stream), None) => serve_http(stream, socket, svc, stop, settings).await,
+        (ClientStream::Tcp(stream), Some(acceptor)) => {
             // The handshake gets the header timeout: a peer that connects
             // and says nothing (or speaks plain HTTP) is dropped like a slow
             // request head.
@@ -123,7 +157,7 @@ async fn serve(
     }
 }
 
-/// HTTP/1.1 with keep-alive over `io` (plain TCP or TLS) until the peer
+/// HTTP/1.1 with keep-alive over `io` (plain TCP, TLS or Unix) until the peer
 /// leaves or `stop` turns true.
 async fn serve_http<I>(
     io: I,

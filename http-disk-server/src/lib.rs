@@ -16,6 +16,7 @@ pub mod gate;
 pub mod http;
 pub mod io_watchdog;
 pub mod liveness;
+pub mod local_socket;
 pub mod metrics;
 pub mod range_lock;
 pub mod tls;
@@ -33,12 +34,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::arbiter::{Arbiter, ArbiterContext, ArbiterKind, Grant};
-use crate::connection::{Accepted, ConnSettings};
+use crate::connection::{Accepted, ClientStream, ConnSettings};
 use crate::disk::{DirectIo, DiskProbe, FileDisk};
 use crate::gate::{DiskOpener, Gate};
 use crate::http::{DiskService, HttpConfig};
 use crate::io_watchdog::{IoWatchdog, WatchdogConfig};
 use crate::liveness::{DiskHealth, FreezeDetector};
+use crate::local_socket::LocalListener;
 
 /// HTTP block server for one replicated volume.
 ///
@@ -180,6 +182,13 @@ pub struct Args {
     /// PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Also serve on this Unix socket, for this host's nbd-http-server (which
+    /// names it `unix:PATH` in its --urls): the same requests and the same
+    /// MAC check as on TCP, never TLS, without the TCP stack. Created mode
+    /// 0600 (a stale socket from a killed server is replaced) and removed at
+    /// exit.
+    #[arg(long, value_name = "PATH")]
+    pub unix_socket: Option<PathBuf>,
 }
 
 /// The authentication policy from the flags: a key file (explicit, or the
@@ -370,6 +379,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             args.disk.display()
         )
     })?;
+    let local = args
+        .unix_socket
+        .as_deref()
+        .map(|path| LocalListener::bind(path, &args.disk))
+        .transpose()?;
     let io_deadline = Duration::from_millis(args.io_deadline_ms.max(1));
 
     let (step_tx, step_rx) = mpsc::unbounded_channel();
@@ -433,7 +447,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     while !gate.settled.load(Ordering::Acquire) && tokio::time::Instant::now() < settle_until {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    tracing::info!(disk = %args.disk.display(), %addr, url = %advertise_url, arbiter = arbiter_name, size = probe.size, "listening");
+    let unix_socket = local.as_ref().map(|l| l.path().display().to_string());
+    tracing::info!(disk = %args.disk.display(), %addr, url = %advertise_url, unix_socket = unix_socket.as_deref().unwrap_or("-"), arbiter = arbiter_name, size = probe.size, "listening");
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "Server ready!")?;
@@ -443,57 +458,54 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let connections = Arc::new(ConnectionCount::default());
-    let (max_conns, max_per_ip) = (
-        args.max_connections.max(1),
-        args.max_connections_per_ip.max(1),
-    );
-    let max_buf = args.max_header_bytes.max(8192);
-    let mut refused_since_log: u64 = 0;
-    let mut last_refusal_log: Option<tokio::time::Instant> = None;
-    let header_timeout = Duration::from_millis(args.header_timeout_ms.max(100));
+    let mut admission = Admission {
+        connections: Arc::clone(&connections),
+        max_total: args.max_connections.max(1),
+        max_per_ip: args.max_connections_per_ip.max(1),
+        settings: ConnSettings {
+            max_buf: args.max_header_bytes.max(8192),
+            header_timeout: Duration::from_millis(args.header_timeout_ms.max(100)),
+        },
+        service: Arc::clone(&service),
+        stop: stop_rx,
+        refused_since_log: 0,
+        last_refusal_log: None,
+    };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut arbiter_task = arbiter_task;
     let arbiter_result = loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed; continuing");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                let Some(slot) = connections.admit(peer.ip(), max_conns, max_per_ip) else {
-                    // Accept and close at once: the peer learns at once, and
-                    // the kernel backlog does not fill with it.
-                    drop(stream);
-                    refused_since_log += 1;
-                    let now = tokio::time::Instant::now();
-                    if !matches!(last_refusal_log, Some(t) if now - t < Duration::from_secs(10)) {
-                        tracing::warn!(%peer, refused = refused_since_log, open = connections.open(), max_connections = max_conns, max_connections_per_ip = max_per_ip, "connection limit reached: closing new connections");
-                        refused_since_log = 0;
-                        last_refusal_log = Some(now);
-                    }
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let settings = ConnSettings { max_buf, header_timeout };
-                connection::spawn(
-                    Accepted { stream, peer, slot },
-                    Arc::clone(&service),
-                    stop_rx.clone(),
-                    settings,
-                    tls.clone(),
-                );
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    admission.admit(ClientStream::Tcp(stream), peer.ip(), peer.to_string(), tls.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; continuing");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            accepted = local_socket::accept_on(local.as_ref()) => match accepted {
+                // Counted as loopback under the limits; never TLS.
+                Ok(stream) => admission.admit(
+                    ClientStream::Unix(stream),
+                    IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                    unix_socket.clone().unwrap_or_default(),
+                    None,
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, socket = unix_socket.as_deref().unwrap_or("-"), "accept failed on the Unix socket; continuing");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
             _ = sigterm.recv() => break None,
             _ = sigint.recv() => break None,
             r = &mut arbiter_task => break Some(r),
         }
     };
     drop(listener);
+    drop(local);
     if let Some(r) = arbiter_result {
         // The arbiter is the authority on the role; without it we must not serve.
         gate.close_for_shutdown().await;
@@ -538,6 +550,49 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     follower.abort();
     tracing::info!(disk = %args.disk.display(), "stopped");
     Ok(())
+}
+
+/// Admits accepted connections under the limits and starts their threads;
+/// over a limit, closes them at once (the peer learns at once, and the
+/// kernel backlog does not fill), logging at most once per 10 s.
+struct Admission {
+    connections: Arc<ConnectionCount>,
+    max_total: usize,
+    max_per_ip: usize,
+    settings: ConnSettings,
+    service: Arc<DiskService>,
+    stop: watch::Receiver<bool>,
+    refused_since_log: u64,
+    last_refusal_log: Option<tokio::time::Instant>,
+}
+
+impl Admission {
+    fn admit(
+        &mut self,
+        stream: ClientStream,
+        ip: IpAddr,
+        peer: String,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) {
+        let Some(slot) = self.connections.admit(ip, self.max_total, self.max_per_ip) else {
+            drop(stream);
+            self.refused_since_log += 1;
+            let now = tokio::time::Instant::now();
+            if !matches!(self.last_refusal_log, Some(t) if now - t < Duration::from_secs(10)) {
+                tracing::warn!(%peer, refused = self.refused_since_log, open = self.connections.open(), max_connections = self.max_total, max_connections_per_ip = self.max_per_ip, "connection limit reached: closing new connections");
+                self.refused_since_log = 0;
+                self.last_refusal_log = Some(now);
+            }
+            return;
+        };
+        connection::spawn(
+            Accepted { stream, peer, slot },
+            Arc::clone(&self.service),
+            self.stop.clone(),
+            self.settings,
+            tls,
+        );
+    }
 }
 
 fn spawn_freeze_ticker(freeze: Arc<FreezeDetector>, gate: Arc<Gate>) {
