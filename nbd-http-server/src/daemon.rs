@@ -48,7 +48,10 @@ pub struct Cli {
     pub nbd_name: String,
 
     /// Block server URLs, comma separated: http://HOST:PORT[,...] or
-    /// https://HOST:PORT[,...] (with --tls-ca).
+    /// https://HOST:PORT[,...] (with --tls-ca). This host's own
+    /// http-disk-server may be given as unix:/PATH, its --unix-socket, in
+    /// place of its http:// URL: the same requests and MACs, without the TCP
+    /// stack.
     #[arg(long, value_delimiter = ',', required = true)]
     pub urls: Vec<String>,
 
@@ -83,7 +86,7 @@ pub struct Cli {
     /// request is in flight and one NBD client is connected. The budget
     /// adapts to twice the recent answer time; servers answering slower than
     /// N on average (remote hosts, synchronous replication) are not polled.
-    /// Plain http:// only.
+    /// Plain http:// and unix: only.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_RESPONSE_POLL_US)]
     pub upstream_poll_us: u64,
 

@@ -1,6 +1,7 @@
 //! A minimal HTTP/1.1 client for the block protocol, over plain tokio
-//! `TcpStream`s or, for `https://` URLs, rustls over them (see SECURITY.md,
-//! "TLS").
+//! `TcpStream`s, for `https://` URLs rustls over them (see SECURITY.md,
+//! "TLS"), or for `unix:` URLs a Unix socket to the http-disk-server on this
+//! host (its `--unix-socket`).
 //!
 //! Why hand-written rather than hyper's client: the protocol subset is tiny
 //! (`HEAD /`, `GET /` with `Range`, `PUT /` with `Content-Length`; answers
@@ -41,7 +42,7 @@ use std::time::Duration;
 
 use heartbeat_wire::auth::{self, PoolKey};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant;
 
 /// The largest response head accepted.
@@ -51,11 +52,15 @@ const MAX_IDLE: usize = 64;
 /// Most bytes taken from the socket per read into the connection buffer.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Where a block server lives: `http[s]://host:port[/path]`.
+/// Where a block server lives: `http[s]://host:port[/path]`, or
+/// `unix:/absolute/path` for a server on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// The URL as configured (for logs and error messages).
     pub url: String,
+    /// `unix:` URLs: the server's Unix socket, instead of a TCP connection
+    /// to `authority` (which is then `localhost`, for the `Host` header).
+    pub unix_socket: Option<std::path::PathBuf>,
     /// `host:port` to connect to and to send as `Host`.
     pub authority: String,
     /// Request target, `/` for the reference protocol.
@@ -69,16 +74,20 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Parse `http://host[:port][/path]` or `https://host[:port][/path]`.
+    /// Parse `http://host[:port][/path]`, `https://host[:port][/path]` or
+    /// `unix:/absolute/socket/path`.
     pub fn parse(url: &str) -> Result<Self, String> {
         let trimmed = url.trim();
+        if let Some(socket) = trimmed.strip_prefix("unix:") {
+            return Self::parse_unix(trimmed, socket);
+        }
         let (tls, rest) = if let Some(rest) = trimmed.strip_prefix("https://") {
             (true, rest)
         } else if let Some(rest) = trimmed.strip_prefix("http://") {
             (false, rest)
         } else {
             return Err(format!(
-                "URL {trimmed:?} must start with http:// or https://"
+                "URL {trimmed:?} must start with http://, https:// or unix:/"
             ));
         };
         let (authority, path) = match rest.find('/') {
@@ -110,10 +119,29 @@ impl Endpoint {
         }
         Ok(Self {
             url: trimmed.trim_end_matches('/').to_owned(),
+            unix_socket: None,
             authority,
             path: path.to_owned(),
             tls,
             host: host.to_owned(),
+        })
+    }
+
+    /// `unix:/path`: the whole rest is the socket path (absolute, so that the
+    /// daemon's working directory does not matter); requests go to `/`.
+    fn parse_unix(url: &str, socket: &str) -> Result<Self, String> {
+        if !socket.starts_with('/') {
+            return Err(format!(
+                "URL {url:?}: a unix: URL names the server's socket by its absolute path, e.g. unix:/run/xha-heartbeat/VOLUME-http.sock"
+            ));
+        }
+        Ok(Self {
+            url: url.to_owned(),
+            unix_socket: Some(socket.into()),
+            authority: "localhost".into(),
+            path: "/".into(),
+            tls: false,
+            host: "localhost".into(),
         })
     }
 }
@@ -396,10 +424,11 @@ enum PollEnd {
 }
 
 /// The byte stream under a connection. An enum rather than a trait object so
-/// that the plain path stays a direct `TcpStream` call (no box, no vtable).
+/// that the plain paths stay direct socket calls (no box, no vtable).
 #[derive(Debug)]
 enum Stream {
     Plain(TcpStream),
+    Unix(UnixStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
@@ -408,6 +437,7 @@ impl Stream {
     async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self {
             Stream::Plain(s) => s.write_all(bytes).await,
+            Stream::Unix(s) => s.write_all(bytes).await,
             Stream::Tls(s) => {
                 s.write_all(bytes).await?;
                 s.flush().await
@@ -424,6 +454,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -447,6 +478,14 @@ impl Connection {
         timeout: Duration,
     ) -> Result<Self, HttpError> {
         let started = Instant::now();
+        if let Some(socket) = &endpoint.unix_socket {
+            let stream = match tokio::time::timeout(timeout, UnixStream::connect(socket)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(HttpError::Connect(endpoint.url.clone(), e)),
+                Err(_) => return Err(HttpError::ConnectTimeout(endpoint.url.clone())),
+            };
+            return Ok(Self::over(Stream::Unix(stream)));
+        }
         let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&endpoint.authority)).await
         {
             Ok(Ok(s)) => s,
@@ -474,11 +513,15 @@ impl Connection {
         } else {
             Stream::Plain(tcp)
         };
-        Ok(Self {
+        Ok(Self::over(stream))
+    }
+
+    fn over(stream: Stream) -> Self {
+        Self {
             stream,
             buf: Vec::with_capacity(8192),
             pos: 0,
-        })
+        }
     }
 
     /// Send one request and read its whole response; when it is the only
@@ -535,6 +578,7 @@ impl Connection {
         // dwarfs the wake-up.
         let fd = match &self.stream {
             Stream::Plain(tcp) => tcp.as_raw_fd(),
+            Stream::Unix(unix) => unix.as_raw_fd(),
             Stream::Tls(_) => return Ok(PollEnd::Skipped),
         };
         if self.pos != self.buf.len() {
@@ -914,6 +958,17 @@ mod tests {
         assert!(Endpoint::parse("ftp://h").is_err());
         assert!(Endpoint::parse("http://h:x").is_err());
         assert!(Endpoint::parse("http://").is_err());
+        let e = Endpoint::parse("unix:/run/xha-heartbeat/hb-http.sock").unwrap();
+        assert_eq!(
+            e.unix_socket.as_deref(),
+            Some(std::path::Path::new("/run/xha-heartbeat/hb-http.sock"))
+        );
+        assert_eq!((e.authority.as_str(), e.path.as_str()), ("localhost", "/"));
+        assert!(!e.tls);
+        let e = Endpoint::parse("unix:hb-http.sock").unwrap_err();
+        assert!(e.contains("absolute path"), "{e}");
+        assert!(Endpoint::parse("unix:").is_err());
+        assert!(Endpoint::parse("http://h:1").unwrap().unix_socket.is_none());
     }
 
     #[test]
