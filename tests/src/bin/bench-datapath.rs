@@ -1,5 +1,7 @@
 //! Data-path benchmark: fio's `nbd` engine, in one run, against
-//! (a) our chain nbd-http-server -> http-disk-server -> file, and
+//! (a) our chain nbd-http-server -> http-disk-server -> file, as on the host
+//!     that serves: nbd-http-server reaches its own host's server by
+//!     `unix:` URL (`--unix-socket`), and
 //! (b) `nbdkit file` on the same file (the no-proxy limit), plain and with
 //!     every write forced to FUA (a durable write, which ours always is).
 //!
@@ -13,7 +15,8 @@
 //! `nbdkit file`: a byte relay (`socat`, no protocol work at all), and
 //! nbdkit's `nbd` plugin (an NBD proxy in C). Both are two hops over Unix
 //! sockets with no HTTP and no MAC: the floor of any design that puts a
-//! second process in the path, on this machine.
+//! second process in the path, on this machine. That table also has our
+//! chain over loopback TCP (`http://` URL), as on the hosts that do not serve.
 //! Usage:
 //!   cargo run --release -p heartbeat-tests --bin bench-datapath -- [--seconds N] [--markdown] [--no-placement] [--no-floor]
 
@@ -196,12 +199,18 @@ fn main() -> Result<()> {
     server_cfg.arbiter = Some("none".into());
     server_cfg.profile = Profile::Release;
     server_cfg.port = free_port();
+    let local_socket = dir.join("http-disk-server.sock");
+    server_cfg.extra = vec!["--unix-socket".into(), local_socket.display().to_string()];
     let disk_server = start_disk_server(&server_cfg, &dir)?;
-    let mut nbd_cfg = NbdServerConfig::new(dir.join("chain.sock"), vec![server_cfg.url()]);
-    nbd_cfg.profile = Profile::Release;
-    nbd_cfg.device_size = Some(DISK_SIZE);
-    let nbd_server = start_nbd_server(&nbd_cfg, &dir)?;
-    let chain_uri = nbd_cfg.uri();
+    let start_chain = |socket: &str, url: String| {
+        let mut cfg = NbdServerConfig::new(dir.join(socket), vec![url]);
+        cfg.profile = Profile::Release;
+        cfg.device_size = Some(DISK_SIZE);
+        start_nbd_server(&cfg, &dir).map(|daemon| (daemon, cfg.uri()))
+    };
+    let (nbd_server, chain_uri) =
+        start_chain("chain.sock", format!("unix:{}", local_socket.display()))?;
+    let (_nbd_tcp_server, chain_tcp_uri) = start_chain("chain-tcp.sock", server_cfg.url())?;
 
     let plain_sock = dir.join("nbdkit.sock");
     let nbdkit = start_nbdkit(&disk.path, &plain_sock, false, &dir.join("nbdkit.log"))?;
@@ -211,8 +220,9 @@ fn main() -> Result<()> {
     let fua_uri = unix_uri(&fua_sock);
 
     eprintln!(
-        "chain: {} ; http-disk-server {} ; baseline nbdkit {}",
+        "chain: {} ; http-disk-server unix:{} (and {} for the TCP chain) ; baseline nbdkit {}",
         binary("nbd-http-server", Profile::Release).display(),
+        local_socket.display(),
         server_cfg.url(),
         plain_uri
     );
@@ -311,6 +321,7 @@ fn main() -> Result<()> {
                     name: format!("{} {block} B qd1", op.json_key()),
                     baseline_name,
                     ours: run_fio(&chain_uri, point, seconds)?,
+                    ours_tcp: run_fio(&chain_tcp_uri, point, seconds)?,
                     relay: run_fio(&relay, point, seconds)?,
                     proxy: run_fio(&proxy, point, seconds)?,
                     direct: run_fio(direct, point, seconds)?,
@@ -322,12 +333,13 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// One qd1 point on our chain, on the byte relay, on the NBD proxy, and
-/// direct.
+/// One qd1 point on our chain (Unix and TCP hop), on the byte relay, on the
+/// NBD proxy, and direct.
 struct FloorRow {
     name: String,
     baseline_name: &'static str,
     ours: Measured,
+    ours_tcp: Measured,
     relay: Measured,
     proxy: Measured,
     direct: Measured,
@@ -344,32 +356,35 @@ fn print_heading(title: &str, columns: &[&str], markdown: bool) {
 
 fn print_floor(rows: &[FloorRow], markdown: bool) {
     print_heading(
-        "Two-hop floor (no bar): a byte relay (socat) and an NBD proxy (nbdkit nbd) in front of the baseline, Unix sockets, no HTTP, no MAC; p50 in microseconds",
-        &["point", "ours", "relay", "nbd proxy", "direct", "ours / direct", "relay / direct", "nbd proxy / direct"],
+        "Two-hop floor (no bar): ours over its Unix and over a TCP hop; a byte relay (socat) and an NBD proxy (nbdkit nbd) in front of the baseline, Unix sockets, no HTTP, no MAC; p50 in microseconds",
+        &["point", "ours", "ours (TCP)", "relay", "nbd proxy", "direct", "ours / direct", "ours (TCP) / direct", "relay / direct", "nbd proxy / direct"],
         markdown,
     );
     for row in rows {
-        let (o, r, p, d) = (
+        let (o, t, r, p, d) = (
             row.ours.p50_us,
+            row.ours_tcp.p50_us,
             row.relay.p50_us,
             row.proxy.p50_us,
             row.direct.p50_us,
         );
         if markdown {
             println!(
-                "| {} | {o:.1} | {r:.1} | {p:.1} | {d:.1} ({}) | {:.2}x | {:.2}x | {:.2}x |",
+                "| {} | {o:.1} | {t:.1} | {r:.1} | {p:.1} | {d:.1} ({}) | {:.2}x | {:.2}x | {:.2}x | {:.2}x |",
                 row.name,
                 row.baseline_name,
                 o / d,
+                t / d,
                 r / d,
                 p / d
             );
         } else {
             println!(
-                "{:<16} ours {o:>7.1} | relay {r:>7.1} | nbd proxy {p:>7.1} | direct {d:>7.1} ({}) | ours/direct {:.2}x relay/direct {:.2}x proxy/direct {:.2}x",
+                "{:<16} ours {o:>7.1} | TCP {t:>7.1} | relay {r:>7.1} | nbd proxy {p:>7.1} | direct {d:>7.1} ({}) | ours/direct {:.2}x TCP/direct {:.2}x relay/direct {:.2}x proxy/direct {:.2}x",
                 row.name,
                 row.baseline_name,
                 o / d,
+                t / d,
                 r / d,
                 p / d
             );
