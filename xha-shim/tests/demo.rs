@@ -91,7 +91,12 @@ fn demo_without_failover_names_the_hurt_hosts() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     // Not a terminal: compact progress lines, not ANSI redraws.
     assert!(!stdout.contains('\x1b'), "{stdout}");
-    assert!(stdout.contains("t=1.0s"), "{stdout}");
+    // A line at the start, one a second in between and one at the end.
+    // Each prints the elapsed time when it was printed, which a loaded
+    // machine can push past the round second (t=1.1s): count the lines,
+    // do not match a time. Without the in-between ones there would be 2.
+    let progress = stdout.lines().filter(|l| l.starts_with("t=")).count();
+    assert!(progress >= 3, "{progress} progress lines: {stdout}");
     let verdict = stdout
         .lines()
         .find(|l| l.starts_with("VERDICT:"))
