@@ -499,8 +499,12 @@ fn oversized_heads_and_bodies_and_excess_connections_are_refused() {
 /// 10 s header timeout, so the slow ones are cut and reconnect). A
 /// legitimate client on 127.0.0.1 (a new connection per signed request,
 /// and the keyed NBD chain) keeps working; latency is recorded, not
-/// asserted tightly (bound: 5 s per PUT+GET pair, one SYN retransmit and then some); the server's peak RSS must
-/// stay under 64 MiB.
+/// asserted tightly: the median PUT+GET pair under 1 s (a server that
+/// made legitimate clients wait behind the slow ones, up to their 10 s
+/// header timeout, fails it) and every pair under 15 s (a SYN dropped
+/// while the accept queue is full is retransmitted after 1, 3 and 7 s, and
+/// a pair is two connections); the server's peak RSS must stay under
+/// 64 MiB.
 #[test]
 fn slowloris_and_connection_flood_leave_the_legitimate_client_working() {
     require_tool("qemu-io");
@@ -623,7 +627,11 @@ fn slowloris_and_connection_flood_leave_the_legitimate_client_working() {
         latencies.len()
     );
     assert!(
-        max < Duration::from_secs(5),
+        p50 < Duration::from_secs(1),
+        "legitimate requests waited behind the attack: p50 {p50:?}, max {max:?}"
+    );
+    assert!(
+        max < Duration::from_secs(15),
         "a legitimate request took {max:?}"
     );
     assert!(hwm < 64 * 1024, "server peak RSS {hwm} KiB exceeds 64 MiB");
