@@ -19,6 +19,15 @@ fn xha_shim(args: &[&str]) -> Output {
         .expect("run xha-shim")
 }
 
+/// `xha-shim status` with a per-server timeout far above the 800 ms
+/// default, so that a live server slow to answer on a loaded machine is not
+/// shown as unreachable (a killed one is refused at once either way).
+fn status(args: &[&str]) -> Output {
+    let mut all = vec!["status", "--timeout-ms", "5000"];
+    all.extend_from_slice(args);
+    xha_shim(&all)
+}
+
 fn text(out: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -249,14 +258,14 @@ fn status_shows_who_serves_before_and_after_a_takeover() {
     let list = urls.join(",");
 
     // The first one started holds the lock.
-    let out = xha_shim(&["status", "--urls", &list, "--json"]);
+    let out = status(&["--urls", &list, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let r = json(&out);
     assert_eq!(roles(&r), ["serving", "standby", "standby"], "{r}");
     assert_eq!(r["serving"]["state"], "one");
     assert_eq!(r["serving"]["url"], urls[0].as_str());
 
-    let out = xha_shim(&["status", "--urls", &list]);
+    let out = status(&["--urls", &list]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
     let row = |url: &str| -> String {
@@ -275,7 +284,7 @@ fn status_shows_who_serves_before_and_after_a_takeover() {
     );
 
     // Only standbys asked: nobody serves, exit 1, said plainly.
-    let out = xha_shim(&["status", "--urls", &urls[1..].join(",")]);
+    let out = status(&["--urls", &urls[1..].join(",")]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("NO server serves"),
@@ -287,7 +296,7 @@ fn status_shows_who_serves_before_and_after_a_takeover() {
     servers[0] = None;
     let start = Instant::now();
     let r = loop {
-        let out = xha_shim(&["status", "--urls", &list, "--json"]);
+        let out = status(&["--urls", &list, "--json"]);
         let r = json(&out);
         if out.status.code() == Some(0) {
             break r;
@@ -303,7 +312,7 @@ fn status_shows_who_serves_before_and_after_a_takeover() {
     assert!(r["serving"]["epoch"].as_u64().unwrap() >= 2, "{r}");
     assert_eq!(roles(&r)[0], "unreachable");
 
-    let out = xha_shim(&["status", "--urls", &list]);
+    let out = status(&["--urls", &list]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
     let killed = table.lines().find(|l| l.starts_with(&urls[0])).unwrap();
