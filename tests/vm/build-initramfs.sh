@@ -31,7 +31,7 @@ if [ -f "$cache/base.cpio.gz" ] && [ -f "$cache/vmlinuz" ] \
 fi
 
 kernel_meta=linux-image-cloud-amd64
-kernel_pkg="$(apt-cache depends "$kernel_meta" 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')"
+kernel_pkg="$(apt-cache depends "$kernel_meta" 2>/dev/null | awk '/Depends: linux-image-/ && !p {p=$2} END {print p}')"
 [ -n "$kernel_pkg" ] || {
   echo "cannot resolve $kernel_meta to a kernel package: run tests/vm/install-vm-deps.sh (apt-get update) first" >&2
   exit 1

@@ -85,5 +85,5 @@ for tool in qemu-system-x86_64 qemu-io qemu-img qemu-nbd cpio gzip xz zstd nbdki
   command -v "$tool" >/dev/null || { echo "missing $tool after install" >&2; exit 1; }
 done
 qemu-io --version >/dev/null
-qemu-system-x86_64 --version | head -n1
-qemu-io --version | head -n1
+qemu-system-x86_64 --version | sed -n 1p
+qemu-io --version | sed -n 1p
