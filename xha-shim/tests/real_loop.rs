@@ -51,40 +51,43 @@ fn faulty(inner: MemTarget, plan: FaultPlan) -> Box<dyn StatefileTarget> {
 fn slow_writes_warn_and_slow_reads_fence() {
     let image = pool(3);
     let targets = vec![
-        // Host 0: 1.1 s writes, over T2/2 = 1 s, but its cycle (~1.2 s)
-        // fits both T2 = 2 s and the watchdog (Ws = 3 s).
+        // Host 0: 2.2 s writes, over T2/2 = 2 s, but its cycle (~2.3 s)
+        // fits both T2 = 4 s and the watchdog (Ws = 6 s).
         faulty(
             image.clone(),
             FaultPlan {
-                write_delay: MS(1100),
+                write_delay: MS(2200),
                 ..FaultPlan::default()
             },
         ),
-        // Host 1: 800 ms reads, each under T2/2; 4 reads = 3.2 s per cycle,
-        // more than Ws = 3 s.
+        // Host 1: 1.6 s reads, each under T2/2; 4 reads = 6.4 s per cycle,
+        // more than Ws = 6 s.
         faulty(
             image.clone(),
             FaultPlan {
-                read_delay: MS(800),
+                read_delay: MS(1600),
                 ..FaultPlan::default()
             },
         ),
         Box::new(image.clone()),
     ];
-    let hosts = (0..3).map(|i| host(i, 3, MS(2000), MS(3000))).collect();
+    // Long enough that late wakeups on a loaded machine (every sleep
+    // overshoots) stay inside the margins: 400 ms between a 1.6 s read and
+    // T2/2, 400 ms between host 1's cycle and Ws.
+    let hosts = (0..3).map(|i| host(i, 3, MS(4000), MS(6000))).collect();
     let report = run_emulation(
         EmulationConfig {
             hosts,
-            duration: MS(5000),
+            duration: MS(10000),
         },
         targets,
     );
     let h = &report.hosts;
     assert_eq!(h[0].verdict, Verdict::LatencyWarning, "{:#?}", h[0]);
-    assert!(h[0].write_latency.max_ms >= 1100.0);
+    assert!(h[0].write_latency.max_ms >= 2200.0);
     assert_eq!(h[1].verdict, Verdict::WouldFence, "{:#?}", h[1]);
-    assert!(h[1].read_latency.p50_ms >= 800.0);
-    assert!(h[1].read_latency.max_ms < 1000.0, "each call under T2/2");
+    assert!(h[1].read_latency.p50_ms >= 1600.0);
+    assert!(h[1].read_latency.max_ms < 2000.0, "each call under T2/2");
     assert!(report.any_hurt);
     assert!(h[2].cycles >= 10, "{:#?}", h[2]);
     // Host 2 is fine itself, but sees host 1 leave its sfdomain.
