@@ -1239,8 +1239,11 @@ mod tests {
 
     #[tokio::test]
     async fn polling_gives_up_after_its_budget_and_the_answer_still_arrives() {
-        let (endpoint, _) = thread_server(|_| {
-            std::thread::sleep(Duration::from_millis(50));
+        // The server answers only once the poll has given up: no race with
+        // a sleep that a loaded machine could outlast.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (endpoint, _) = thread_server(move |_| {
+            released.recv().ok()?;
             Some(pattern_answer(512))
         });
         let mut conn = connect(&endpoint).await;
@@ -1253,6 +1256,7 @@ mod tests {
         assert_eq!(end, PollEnd::Spent);
         assert!(started.elapsed() >= Duration::from_millis(2));
         assert!(conn.buf.is_empty());
+        release.send(()).unwrap();
         let (head, chunked) = conn.read_head().await.unwrap();
         let resp = conn.read_body(head, chunked, false).await.unwrap();
         assert_eq!(resp.body.len(), 512);
