@@ -17,8 +17,13 @@
 //! sockets with no HTTP and no MAC: the floor of any design that puts a
 //! second process in the path, on this machine. That table also has our
 //! chain over loopback TCP (`http://` URL), as on the hosts that do not serve.
+//! Each point of the main table is run `--repeat` times (default 3) on
+//! every path, the paths taking turns, and the bars are judged on the
+//! medians: on a small VM one run's p50 depends on where the scheduler
+//! happened to put the processes, and that changes from run to run (every
+//! run's p50 is printed too).
 //! Usage:
-//!   cargo run --release -p heartbeat-tests --bin bench-datapath -- [--seconds N] [--markdown] [--no-placement] [--no-floor]
+//!   cargo run --release -p heartbeat-tests --bin bench-datapath -- [--seconds N] [--repeat N] [--markdown] [--no-placement] [--no-floor]
 
 use std::path::Path;
 use std::process::Command;
@@ -68,6 +73,53 @@ struct Measured {
     p50_us: f64,
     p99_us: f64,
     iops: f64,
+}
+
+impl Measured {
+    /// Each figure's median over repeated runs of one point.
+    fn median(samples: &[Measured]) -> Measured {
+        let median_of = |f: fn(&Measured) -> f64| {
+            let mut v: Vec<f64> = samples.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            let mid = v.len() / 2;
+            if v.len() % 2 == 1 {
+                v[mid]
+            } else {
+                (v[mid - 1] + v[mid]) / 2.0
+            }
+        };
+        Measured {
+            p50_us: median_of(|m| m.p50_us),
+            p99_us: median_of(|m| m.p99_us),
+            iops: median_of(|m| m.iops),
+        }
+    }
+}
+
+/// The repeated runs of one point on one path, and their median.
+#[derive(Debug, Clone, Default)]
+struct Sampled {
+    runs: Vec<Measured>,
+    median: Measured,
+}
+
+impl Sampled {
+    fn new(runs: Vec<Measured>) -> Self {
+        Self {
+            median: Measured::median(&runs),
+            runs,
+        }
+    }
+
+    /// The p50 of every run, for the report ("95.7, 110.2, 142.0").
+    fn p50s(&self) -> String {
+        let v: Vec<String> = self
+            .runs
+            .iter()
+            .map(|m| format!("{:.1}", m.p50_us))
+            .collect();
+        v.join(", ")
+    }
 }
 
 fn run_fio(uri: &str, point: Point, seconds: u64) -> Result<Measured> {
@@ -183,6 +235,14 @@ fn main() -> Result<()> {
         .map(|s| s.parse().context("--seconds takes a whole number"))
         .transpose()?
         .unwrap_or(10);
+    let repeat: usize = args
+        .iter()
+        .position(|a| a == "--repeat")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.parse().context("--repeat takes a whole number"))
+        .transpose()?
+        .unwrap_or(3)
+        .max(1);
     let markdown = args.iter().any(|a| a == "--markdown");
     let floor = !args.iter().any(|a| a == "--no-floor");
     for tool in ["fio", "nbdkit"] {
@@ -261,19 +321,31 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     for (name, point) in plan {
         // Writes are compared with the durable (FUA) baseline, which is what ours always is.
-        let fua = (point.op == Op::Write)
-            .then(|| run_fio(&fua_uri, point, seconds))
-            .transpose()?;
+        let mut paths = vec![&chain_uri, &plain_uri];
+        if point.op == Op::Write {
+            paths.push(&fua_uri);
+        }
+        let mut runs = vec![Vec::new(); paths.len()];
+        for round in 0..repeat {
+            // The paths take turns, each round starting with the next one, so
+            // that a change in the machine's state during the point (the
+            // scheduler's placement, the disk's latency) falls on all of them.
+            for k in 0..paths.len() {
+                let i = (round + k) % paths.len();
+                runs[i].push(run_fio(paths[i], point, seconds)?);
+            }
+        }
+        let mut sampled = runs.into_iter().map(Sampled::new);
         rows.push(Row {
-            ours: run_fio(&chain_uri, point, seconds)?,
-            plain: run_fio(&plain_uri, point, seconds)?,
-            fua,
+            ours: sampled.next().expect("ours"),
+            plain: sampled.next().expect("plain"),
+            fua: sampled.next(),
             name,
             point,
         });
     }
 
-    print_report(&rows, seconds, markdown);
+    print_report(&rows, seconds, repeat, markdown);
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus >= 2 && !args.iter().any(|a| a == "--no-placement") {
@@ -532,49 +604,56 @@ fn print_placement(rows: &[PlacementRow], markdown: bool) {
 struct Row {
     name: String,
     point: Point,
-    ours: Measured,
-    plain: Measured,
-    fua: Option<Measured>,
+    ours: Sampled,
+    plain: Sampled,
+    fua: Option<Sampled>,
 }
 
 impl Row {
-    /// The ratio the data-path issue sets a bar on, and whether it is met.
+    /// The baseline the point's bar compares with: durable writes with
+    /// nbdkit+FUA, reads with plain nbdkit.
+    fn baseline(&self) -> &Sampled {
+        self.fua.as_ref().unwrap_or(&self.plain)
+    }
+
+    /// The ratio the data-path issue sets a bar on (of the medians), and
+    /// whether it is met.
     fn verdict(&self) -> (String, Option<bool>) {
         let is_write = self.point.op == Op::Write;
-        match (self.point.iodepth, self.point.clients, self.fua) {
+        let ours = self.ours.median;
+        let fua = self.fua.as_ref().map(|f| f.median);
+        let plain = self.plain.median;
+        match (self.point.iodepth, self.point.clients, fua) {
             (1, 1, Some(fua)) => {
-                let r = self.ours.p50_us / fua.p50_us;
+                let r = ours.p50_us / fua.p50_us;
                 (format!("p50 {r:.2}x nbdkit+FUA"), Some(r <= 1.5))
             }
             (1, 1, None) => {
-                let r = self.ours.p50_us / self.plain.p50_us;
+                let r = ours.p50_us / plain.p50_us;
                 (format!("p50 {r:.2}x nbdkit"), Some(r <= 2.0))
             }
             (8, 1, Some(fua)) if is_write => {
-                let r = self.ours.iops / fua.iops;
+                let r = ours.iops / fua.iops;
                 (format!("IOPS {r:.2}x nbdkit+FUA"), Some(r >= 0.5))
             }
             (_, _, Some(fua)) => (
-                format!("IOPS {:.2}x nbdkit+FUA", self.ours.iops / fua.iops),
+                format!("IOPS {:.2}x nbdkit+FUA", ours.iops / fua.iops),
                 None,
             ),
-            (_, _, None) => (
-                format!("IOPS {:.2}x nbdkit", self.ours.iops / self.plain.iops),
-                None,
-            ),
+            (_, _, None) => (format!("IOPS {:.2}x nbdkit", ours.iops / plain.iops), None),
         }
     }
 }
 
-fn print_report(rows: &[Row], seconds: u64, markdown: bool) {
-    let lat = |m: &Measured| format!("{:.1} / {:.1}", m.p50_us, m.p99_us);
-    let iops = |m: &Measured| format!("{:.0}", m.iops);
-    let or_dash = |m: Option<Measured>, f: &dyn Fn(&Measured) -> String| {
-        m.as_ref().map(f).unwrap_or_else(|| "-".into())
+fn print_report(rows: &[Row], seconds: u64, repeat: usize, markdown: bool) {
+    let lat = |m: &Sampled| format!("{:.1} / {:.1}", m.median.p50_us, m.median.p99_us);
+    let iops = |m: &Sampled| format!("{:.0}", m.median.iops);
+    let or_dash = |m: Option<&Sampled>, f: &dyn Fn(&Sampled) -> String| {
+        m.map(f).unwrap_or_else(|| "-".into())
     };
     print_heading(
-        &format!("fio nbd engine, {seconds} s per point, 4 MiB file; latency = total (submit + completion) latency in microseconds"),
-        &["point", "ours p50 / p99", "nbdkit p50 / p99", "nbdkit+FUA p50 / p99", "ours IOPS", "nbdkit IOPS", "nbdkit+FUA IOPS", "ratio", "bar"],
+        &format!("fio nbd engine, {repeat} runs of {seconds} s per point and path, the paths taking turns; medians; 4 MiB file; latency = total (submit + completion) latency in microseconds"),
+        &["point", "ours p50 / p99", "nbdkit p50 / p99", "nbdkit+FUA p50 / p99", "ours IOPS", "nbdkit IOPS", "nbdkit+FUA IOPS", "ratio", "bar", "p50 of each run: ours; baseline"],
         markdown,
     );
     for row in rows {
@@ -585,21 +664,22 @@ fn print_report(rows: &[Row], seconds: u64, markdown: bool) {
             None => "(no bar)",
         };
         let (ours, plain) = (&row.ours, &row.plain);
+        let runs = format!("{}; {}", ours.p50s(), row.baseline().p50s());
         if markdown {
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {ratio} | {bar} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {ratio} | {bar} | {runs} |",
                 row.name,
                 lat(ours),
                 lat(plain),
-                or_dash(row.fua, &lat),
+                or_dash(row.fua.as_ref(), &lat),
                 iops(ours),
                 iops(plain),
-                or_dash(row.fua, &iops)
+                or_dash(row.fua.as_ref(), &iops)
             );
         } else {
             println!(
-                "{:<28} ours {:>14} us {:>8} IOPS | nbdkit {:>14} us {:>8} IOPS | nbdkit+FUA {:>14} us {:>8} IOPS | {ratio} [{bar}]",
-                row.name, lat(ours), iops(ours), lat(plain), iops(plain), or_dash(row.fua, &lat), or_dash(row.fua, &iops)
+                "{:<28} ours {:>14} us {:>8} IOPS | nbdkit {:>14} us {:>8} IOPS | nbdkit+FUA {:>14} us {:>8} IOPS | {ratio} [{bar}] | runs {runs}",
+                row.name, lat(ours), iops(ours), lat(plain), iops(plain), or_dash(row.fua.as_ref(), &lat), or_dash(row.fua.as_ref(), &iops)
             );
         }
     }
