@@ -78,11 +78,11 @@ pub struct Cli {
     pub request_timeout_ms: u64,
 
     /// After sending an upstream request, poll the connection for the answer
-    /// for up to N microseconds before sleeping (0, the default: never; 500
-    /// is the value to try). This can save the cross-CPU wake-up of a
-    /// sleeping thread per request at the cost of up to N us of CPU per
-    /// request; whether it pays depends on the machine (on some VMs it
-    /// makes requests slower: measure first). It happens only when a single
+    /// for up to N microseconds before sleeping (0: never). This saves the
+    /// cross-CPU wake-up of a sleeping thread per request at the cost of up
+    /// to N us of CPU per request; whether it pays depends on the machine
+    /// (on one VM it made loopback TCP writes slower: measure, and set 0 if
+    /// so). It happens only when a single
     /// request is in flight and one NBD client is connected. The budget
     /// adapts to twice the recent answer time; servers answering slower than
     /// N on average (remote hosts, synchronous replication) are not polled.

@@ -24,11 +24,11 @@ fn parse(file: Option<&str>, flags: &[&str]) -> Cli {
 }
 
 #[test]
-fn upstream_poll_is_off_by_default_and_set_by_flag_or_config_file() {
-    assert_eq!(parse(None, &[]).upstream_poll_us, 0);
+fn upstream_poll_is_500us_by_default_and_set_by_flag_or_config_file() {
+    assert_eq!(parse(None, &[]).upstream_poll_us, 500);
     assert_eq!(
-        parse(None, &["--upstream-poll-us", "500"]).upstream_poll_us,
-        500
+        parse(None, &["--upstream-poll-us", "0"]).upstream_poll_us,
+        0
     );
     assert_eq!(
         parse(Some("upstream-poll-us = 200\n"), &[]).upstream_poll_us,
@@ -40,4 +40,9 @@ fn upstream_poll_is_off_by_default_and_set_by_flag_or_config_file() {
         &["--upstream-poll-us", "0"],
     );
     assert_eq!(cli.upstream_poll_us, 0);
+    assert_eq!(
+        parse(Some("upstream-poll-us = 0\n"), &[]).upstream_poll_us,
+        0,
+        "a config file turns the default off"
+    );
 }

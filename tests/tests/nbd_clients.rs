@@ -135,12 +135,13 @@ fn fio_random_read_write_with_crc32c_verify() {
     fio_verify(&chain(TempDisk::zeroed(16 << 20)), 8);
 }
 
-/// The opt-in upstream polling (off by default) reads answers through its
-/// own non-blocking path; at queue depth 1, the only depth where it polls,
-/// every verified block must come back whole.
+/// Upstream polling (on by default) reads answers through its own
+/// non-blocking path, and only at queue depth 1; with it on (the default)
+/// and off, every verified block at that depth must come back whole.
 #[test]
-fn fio_verify_with_upstream_polling_on() {
-    let c = chain_with_nbd_flags(TempDisk::zeroed(16 << 20), &["--upstream-poll-us", "500"]);
+fn fio_verify_at_queue_depth_1_with_upstream_polling_on_and_off() {
+    fio_verify(&chain(TempDisk::zeroed(16 << 20)), 1);
+    let c = chain_with_nbd_flags(TempDisk::zeroed(16 << 20), &["--upstream-poll-us", "0"]);
     fio_verify(&c, 1);
 }
 

@@ -46,7 +46,7 @@
 //!
 //! # Response polling
 //!
-//! Opt-in (`--upstream-poll-us`, off by default): a lone request polls the
+//! On by default (`--upstream-poll-us`, 500 us; 0 turns it off): a lone request polls the
 //! serving server's connection for its answer for up to
 //! [`HttpUpstreamConfig::response_poll`] (see [`super::http1::PollBudget`]);
 //! the budget is learnt per serving server, so a failover starts afresh. Probes never poll but count as in flight.
@@ -68,13 +68,14 @@ use super::{Upstream, UpstreamError};
 pub const CANDIDATE_GRACE: Duration = Duration::from_millis(50);
 
 /// Default cap on polling for an answer, in microseconds
-/// (`--upstream-poll-us`): off. Whether polling pays depends on the
-/// hypervisor: on one 2-vCPU VM it cut a qd1 write by ~60 us, on another
-/// (idle vCPUs halting at once) it added ~50 us to writes and ~6 us to
-/// reads (BENCHMARKS.md). The cap to try is 500 us: a loopback or same-host
-/// answer takes 50 to 300 us, a DRBD protocol C write about a millisecond
-/// (never polled under that cap).
-pub const DEFAULT_RESPONSE_POLL_US: u64 = 0;
+/// (`--upstream-poll-us`). A loopback or same-host answer takes 50 to
+/// 300 us, a DRBD protocol C write about a millisecond (never polled under
+/// this cap). Whether polling pays depends on the hypervisor
+/// (BENCHMARKS.md): on the 2-vCPU VM of 2026-12-03 it cut qd1 writes by
+/// 40-100 us and reads by up to 40 us over both `unix:` and loopback TCP;
+/// on the VM of 2026-11-23 it had added ~50 us to loopback TCP writes.
+/// `--upstream-poll-us 0` turns it off.
+pub const DEFAULT_RESPONSE_POLL_US: u64 = 500;
 
 /// The per-request deadline, derived from XHA's statefile budget.
 ///
