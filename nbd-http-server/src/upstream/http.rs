@@ -64,6 +64,16 @@ use heartbeat_wire::auth::PoolKey;
 use super::http1::{Endpoint, Pool, Request, Response, ResponsePoll};
 use super::{Upstream, UpstreamError};
 
+/// What a probe's non-200 answer means, for the log line that lists them.
+fn probe_status_hint(status: u16) -> &'static str {
+    match status {
+        401 => " (the pool key was refused: do both hosts have the same key file?)",
+        429 => " (overloaded: its replay cache is full of recent requests; lower the request rate or raise its --auth-replay-capacity)",
+        503 => " (standby: not the serving host)",
+        _ => "",
+    }
+}
+
 /// After a probe round has a candidate, how much longer it waits for others.
 pub const CANDIDATE_GRACE: Duration = Duration::from_millis(50);
 
@@ -538,7 +548,12 @@ impl HttpUpstream {
                         grace_deadline.get_or_insert_with(|| Instant::now() + CANDIDATE_GRACE);
                     }
                     Ok(resp) => {
-                        failures.push(format!("{} answered {}", ep.url, resp.status));
+                        failures.push(format!(
+                            "{} answered {}{}",
+                            ep.url,
+                            resp.status,
+                            probe_status_hint(resp.status)
+                        ));
                         if let Some(h) = resp
                             .serving_url
                             .as_deref()
