@@ -226,23 +226,22 @@ fn spawn_nbdkit(name: &str, socket: &Path, plugin: &[&str], log: &Path) -> Resul
     Ok(daemon)
 }
 
+/// The whole number after `flag`, if the flag is given.
+fn count_flag(args: &[String], flag: &str) -> Result<Option<u64>> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(|s| {
+            s.parse()
+                .with_context(|| format!("{flag} takes a whole number"))
+        })
+        .transpose()
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let seconds: u64 = args
-        .iter()
-        .position(|a| a == "--seconds")
-        .and_then(|i| args.get(i + 1))
-        .map(|s| s.parse().context("--seconds takes a whole number"))
-        .transpose()?
-        .unwrap_or(10);
-    let repeat: usize = args
-        .iter()
-        .position(|a| a == "--repeat")
-        .and_then(|i| args.get(i + 1))
-        .map(|s| s.parse().context("--repeat takes a whole number"))
-        .transpose()?
-        .unwrap_or(3)
-        .max(1);
+    let seconds = count_flag(&args, "--seconds")?.unwrap_or(10);
+    let repeat = count_flag(&args, "--repeat")?.unwrap_or(3).max(1) as usize;
     let markdown = args.iter().any(|a| a == "--markdown");
     let floor = !args.iter().any(|a| a == "--no-floor");
     for tool in ["fio", "nbdkit"] {
