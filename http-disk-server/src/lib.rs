@@ -23,7 +23,7 @@ pub mod tls;
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -427,8 +427,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let disk_path = args.disk.clone();
     let direct = args.direct_io;
-    let opener: DiskOpener =
-        Arc::new(move || Ok(Arc::new(FileDisk::open(&disk_path, direct)?) as Arc<dyn disk::Disk>));
+    let open_health = Arc::clone(&health);
+    let opener: DiskOpener = Arc::new(move || {
+        refuse_while_a_call_is_stuck(&open_health, &disk_path)?;
+        Ok(Arc::new(FileDisk::open(&disk_path, direct)?) as Arc<dyn disk::Disk>)
+    });
     let follower = tokio::spawn(Arc::clone(&gate).follow(grant_rx, opener));
     let arbiter_task = tokio::spawn(arbiter.run(ArbiterContext {
         grant: grant_tx,
@@ -612,6 +615,23 @@ fn spawn_freeze_ticker(freeze: Arc<FreezeDetector>, gate: Arc<Gate>) {
     });
 }
 
+/// A disk call past its deadline has not returned: the device is still hung,
+/// and every request served now would hang the same way. Taking the role
+/// again (a lone server after its retake delay) must wait until it returns;
+/// refusing the grant releases the role, so a healthy peer can win meanwhile.
+fn refuse_while_a_call_is_stuck(health: &DiskHealth, disk: &Path) -> anyhow::Result<()> {
+    let stuck = health
+        .overdue_ops
+        .load(std::sync::atomic::Ordering::Acquire);
+    if stuck > 0 {
+        anyhow::bail!(
+            "{stuck} disk call(s) on {} overran the I/O deadline and have not returned; not serving until the device answers again (check the disk or DRBD backing device, dmesg)",
+            disk.display()
+        );
+    }
+    Ok(())
+}
+
 fn spawn_watchdog(health: Arc<DiskHealth>, freeze: Arc<FreezeDetector>) {
     let Some(interval) = liveness::watchdog_interval() else {
         return;
@@ -666,5 +686,27 @@ mod config_file_tests {
             .to_string();
         assert!(e.contains("`prot`") && e.contains("vol.toml"), "{e}");
         assert!(parse("disk = \"/d\"\nport = \"eighty\"\n", &[]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn the_role_is_refused_while_a_disk_call_is_past_its_deadline() {
+        let health = DiskHealth::default();
+        let disk = Path::new("/dev/drbd1000");
+        assert!(refuse_while_a_call_is_stuck(&health, disk).is_ok());
+        health.overdue_ops.fetch_add(1, Ordering::AcqRel);
+        let refused = refuse_while_a_call_is_stuck(&health, disk).unwrap_err();
+        let msg = format!("{refused:#}");
+        assert!(
+            msg.contains("/dev/drbd1000") && msg.contains("have not returned"),
+            "{msg}"
+        );
+        health.overdue_ops.fetch_sub(1, Ordering::AcqRel);
+        assert!(refuse_while_a_call_is_stuck(&health, disk).is_ok());
     }
 }
