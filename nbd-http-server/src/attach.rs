@@ -25,7 +25,7 @@
 //! for a restarted daemon to reconnect while I/O waits; see
 //! [`DEFAULT_DEAD_CONN_TIMEOUT`].
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::kernel::{self, AttachMethod, AttachedDevice, DeviceConfig, KernelError};
-use crate::server::{serve_transmission_only, ServeConfig};
+use crate::server::{serve_transmission_only, Client, ServeConfig};
 use crate::upstream::Upstream;
 
 /// Where the stable device names go (what XCP-ng's LinstorSR gives xhad).
@@ -324,15 +324,20 @@ fn spawn_serve<U: Upstream>(
     peer: &str,
 ) -> Result<Connection> {
     server_end.set_nonblocking(true)?;
+    let socket = Some(server_end.as_raw_fd());
     let stream = tokio::net::UnixStream::from_std(server_end)?;
     let (r, w) = stream.into_split();
+    let client = Client {
+        reader: r,
+        writer: w,
+        socket,
+        peer: peer.to_owned(),
+    };
     let task = tokio::spawn(serve_transmission_only(
-        r,
-        w,
+        client,
         serve.clone(),
         upstream.clone(),
         shutdown.clone(),
-        peer.to_owned(),
     ));
     Ok(Connection {
         task,
@@ -429,6 +434,7 @@ mod tests {
             },
             request_deadline: Duration::from_secs(1),
             max_in_flight: 4,
+            activity: Arc::default(),
         });
         let upstream = Arc::new(MemoryUpstream::new(size as usize));
         let (_stop, shutdown) = watch::channel(false);

@@ -2,6 +2,7 @@
 //! handling.
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use tracing::{info, warn};
 use crate::attach::{self, KernelDevice};
 use crate::handshake::{BlockSize, ExportInfo};
 use crate::kernel::DeviceConfig;
-use crate::server::{serve_connection, ServeConfig};
+use crate::server::{serve_connection, Client, ServeConfig};
 use crate::transmission::Limits;
 use crate::upstream::{
     FailoverDeadline, HttpUpstream, HttpUpstreamConfig, DEFAULT_RESPONSE_POLL_US,
@@ -319,6 +320,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         },
         request_deadline: deadline,
         max_in_flight: 256,
+        activity: upstream.config().activity.clone(),
     });
 
     let mut listeners = Vec::new();
@@ -489,12 +491,8 @@ async fn accept_loop(
             _ = shutdown.changed() => return,
             a = accept(&listener) => a,
         };
-        let (reader, writer, peer): (
-            Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
-            String,
-        ) = match accepted {
-            Ok(parts) => parts,
+        let client = match accepted {
+            Ok(client) => client,
             Err(e) => {
                 warn!(volume = %config.export.name, "accept on {} failed: {e}", listener.describe());
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -508,30 +506,41 @@ async fn accept_loop(
             done.clone(),
         );
         tokio::spawn(async move {
-            serve_connection(reader, writer, config, upstream, shutdown, peer).await;
+            serve_connection(client, config, upstream, shutdown).await;
             drop(done);
         });
     }
 }
 
-type Halves = (
+type AcceptedClient = Client<
     Box<dyn tokio::io::AsyncRead + Unpin + Send>,
     Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
-    String,
-);
+>;
 
-async fn accept(listener: &Listener) -> std::io::Result<Halves> {
+async fn accept(listener: &Listener) -> std::io::Result<AcceptedClient> {
     match listener {
         Listener::Unix(l, path) => {
             let (s, _) = l.accept().await?;
+            let socket = Some(s.as_raw_fd());
             let (r, w) = s.into_split();
-            Ok((Box::new(r), Box::new(w), format!("unix:{}", path.display())))
+            Ok(Client {
+                reader: Box::new(r),
+                writer: Box::new(w),
+                socket,
+                peer: format!("unix:{}", path.display()),
+            })
         }
         Listener::Tcp(l, _) => {
             let (s, peer) = l.accept().await?;
             s.set_nodelay(true)?;
+            let socket = Some(s.as_raw_fd());
             let (r, w) = s.into_split();
-            Ok((Box::new(r), Box::new(w), format!("tcp:{peer}")))
+            Ok(Client {
+                reader: Box::new(r),
+                writer: Box::new(w),
+                socket,
+                peer: format!("tcp:{peer}"),
+            })
         }
     }
 }

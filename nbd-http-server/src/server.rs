@@ -4,8 +4,8 @@
 //! that overlap in time get a task each.
 
 use std::future::Future;
+use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::activity::Activity;
 use crate::handshake::{CloseReason, ExportInfo, Handshake, Progress};
 use crate::metrics::{metrics, NbdCommand};
 use crate::transmission::{Command, Limits, RequestParser};
@@ -29,6 +30,9 @@ pub struct ServeConfig {
     pub request_deadline: Duration,
     /// Requests in flight per connection before the reader waits.
     pub max_in_flight: usize,
+    /// Shared with the upstream, which polls for answers only while this
+    /// says nothing else needs the runtime.
+    pub activity: Arc<Activity>,
 }
 
 struct Reply {
@@ -40,54 +44,65 @@ struct Reply {
 /// One request being served; resolves to its reply.
 type PendingReply = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
+/// Where requests come from: the connection's halves, its socket (`None` for
+/// in-memory pipes) and a name for logs.
+pub struct Client<R, W> {
+    pub reader: R,
+    pub writer: W,
+    /// The socket `reader` reads, watched while the upstream polls for an
+    /// answer (see [`Activity`]); it must stay open as long as `reader`.
+    pub socket: Option<RawFd>,
+    pub peer: String,
+}
+
 /// Serve one client connection until it disconnects or `shutdown` flips to
 /// true; in-flight requests are always finished and answered first.
 pub async fn serve_connection<R, W, U>(
-    reader: R,
-    writer: W,
+    client: Client<R, W>,
     config: Arc<ServeConfig>,
     upstream: Arc<U>,
     shutdown: watch::Receiver<bool>,
-    peer: String,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
     U: Upstream,
 {
-    serve(reader, writer, config, upstream, shutdown, peer, false).await
+    serve(client, config, upstream, shutdown, false).await
 }
 
 /// [`serve_connection`] for the kernel's NBD client (`crate::kernel`): no
 /// handshake, transmission requests from the first byte, simple replies.
 /// Returns after NBD_CMD_DISC, EOF or `shutdown`, having closed its end.
 pub async fn serve_transmission_only<R, W, U>(
-    reader: R,
-    writer: W,
+    client: Client<R, W>,
     config: Arc<ServeConfig>,
     upstream: Arc<U>,
     shutdown: watch::Receiver<bool>,
-    peer: String,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
     U: Upstream,
 {
-    serve(reader, writer, config, upstream, shutdown, peer, true).await
+    serve(client, config, upstream, shutdown, true).await
 }
 
 async fn serve<R, W, U>(
-    mut reader: R,
-    writer: W,
+    client: Client<R, W>,
     config: Arc<ServeConfig>,
     upstream: Arc<U>,
     mut shutdown: watch::Receiver<bool>,
-    peer: String,
     skip_handshake: bool,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
     U: Upstream,
 {
+    let Client {
+        mut reader,
+        writer,
+        socket,
+        peer,
+    } = client;
     let volume = config.export.name.clone();
     let mut writer = BufWriter::with_capacity(256 * 1024, writer);
     let mut buf = vec![0u8; 256 * 1024];
@@ -141,7 +156,9 @@ async fn serve<R, W, U>(
         }
     };
     debug!(volume = %volume, %peer, "client entered transmission");
-    let _counted = ClientCount::enter();
+    // Declared after `reader` and `writer`, so dropped before they close
+    // the socket it names.
+    let _counted = config.activity.client_entered(socket);
 
     // Transmission. One request in flight (the statefile's pattern, and
     // every qd1 client's) is awaited right here on the connection task, so a
@@ -215,8 +232,10 @@ async fn serve<R, W, U>(
                 } => {
                     let (upstream, volume) = (upstream.clone(), volume.clone());
                     let timer = metrics().start(NbdCommand::Read);
+                    let outstanding = config.activity.request_started();
                     Box::pin(async move {
                         let result = upstream.read_at(offset, length, deadline).await;
+                        drop(outstanding);
                         timer.finish(result.is_ok());
                         match result {
                             Ok(data) => Reply {
@@ -243,8 +262,10 @@ async fn serve<R, W, U>(
                 } => {
                     let (upstream, volume) = (upstream.clone(), volume.clone());
                     let timer = metrics().start(NbdCommand::Write);
+                    let outstanding = config.activity.request_started();
                     Box::pin(async move {
                         let result = upstream.write_at(offset, &data, deadline).await;
+                        drop(outstanding);
                         timer.finish(result.is_ok());
                         let error = match result {
                             Ok(()) => 0,
@@ -327,31 +348,6 @@ async fn serve<R, W, U>(
     debug!(volume = %volume, %peer, "connection closed");
 }
 
-/// NBD clients in transmission, process-wide. The upstream polls for an
-/// answer only while one client is connected: the poll holds up the
-/// current-thread runtime, and with it the reading of other clients'
-/// requests, which would then wait up to the poll budget.
-static CLIENTS_IN_TRANSMISSION: AtomicUsize = AtomicUsize::new(0);
-
-pub fn clients_in_transmission() -> usize {
-    CLIENTS_IN_TRANSMISSION.load(Ordering::Relaxed)
-}
-
-struct ClientCount;
-
-impl ClientCount {
-    fn enter() -> Self {
-        CLIENTS_IN_TRANSMISSION.fetch_add(1, Ordering::Relaxed);
-        ClientCount
-    }
-}
-
-impl Drop for ClientCount {
-    fn drop(&mut self) {
-        CLIENTS_IN_TRANSMISSION.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 async fn write_reply<W: AsyncWrite + Unpin>(
     w: &mut BufWriter<W>,
     reply: &Reply,
@@ -395,6 +391,7 @@ mod tests {
             },
             request_deadline: Duration::from_secs(1),
             max_in_flight: 16,
+            activity: Arc::default(),
         })
     }
 
@@ -402,14 +399,13 @@ mod tests {
         let (client, server) = duplex(1 << 20);
         let (r, w) = tokio::io::split(server);
         let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(serve_connection(
-            r,
-            w,
-            config(1 << 20),
-            upstream,
-            stop_rx,
-            "test".into(),
-        ));
+        let served = Client {
+            reader: r,
+            writer: w,
+            socket: None,
+            peer: "test".into(),
+        };
+        tokio::spawn(serve_connection(served, config(1 << 20), upstream, stop_rx));
         let mut client = client;
         let mut greeting = [0u8; 18];
         client.read_exact(&mut greeting).await.unwrap();

@@ -61,6 +61,8 @@ use tracing::{debug, info, warn};
 
 use heartbeat_wire::auth::PoolKey;
 
+use crate::activity::Activity;
+
 use super::http1::{Endpoint, Pool, Request, Response, ResponsePoll};
 use super::{Upstream, UpstreamError};
 
@@ -136,6 +138,8 @@ pub struct HttpUpstreamConfig {
     /// Longest a lone request polls a plain connection for its answer before
     /// sleeping in the runtime; zero never polls.
     pub response_poll: Duration,
+    /// What the NBD side is doing: polling only while it allows.
+    pub activity: Arc<Activity>,
 }
 
 impl HttpUpstreamConfig {
@@ -153,6 +157,7 @@ impl HttpUpstreamConfig {
             auth: None,
             tls: None,
             response_poll: Duration::from_micros(DEFAULT_RESPONSE_POLL_US),
+            activity: Arc::default(),
         }
     }
 
@@ -431,7 +436,11 @@ impl HttpUpstream {
                     epoch: winner.epoch,
                     pool: Pool::new(
                         self.config.tls.clone(),
-                        ResponsePoll::new(self.config.response_poll, self.in_flight.clone()),
+                        ResponsePoll::new(
+                            self.config.response_poll,
+                            self.in_flight.clone(),
+                            self.config.activity.clone(),
+                        ),
                     ),
                 }));
                 c.generation += 1;
@@ -506,7 +515,10 @@ impl HttpUpstream {
                 let probe_deadline = deadline.min(Instant::now() + self.config.probe_timeout);
                 set.spawn(async move {
                     // A probe is not latency-critical, and several run at once.
-                    let pool = Pool::new(tls, ResponsePoll::new(Duration::ZERO, in_flight));
+                    let pool = Pool::new(
+                        tls,
+                        ResponsePoll::new(Duration::ZERO, in_flight, Arc::default()),
+                    );
                     let r = pool
                         .send(
                             &ep,

@@ -41,6 +41,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use heartbeat_wire::auth::{self, PoolKey};
+
+use crate::activity::{Activity, PollPermit};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant;
@@ -352,21 +354,24 @@ impl PollBudget {
     }
 }
 
-/// Response polling for one server's connections: its [`PollBudget`] and the
-/// count of exchanges in flight, shared by every pool of one upstream.
+/// Response polling for one server's connections: its [`PollBudget`], the
+/// count of exchanges in flight, shared by every pool of one upstream, and
+/// the NBD side's [`Activity`].
 #[derive(Debug, Default)]
 pub struct ResponsePoll {
     budget: Mutex<PollBudget>,
     in_flight: Arc<AtomicUsize>,
+    activity: Arc<Activity>,
 }
 
 impl ResponsePoll {
     /// Poll for at most `max` (zero: never), counting exchanges in
-    /// `in_flight`.
-    pub fn new(max: Duration, in_flight: Arc<AtomicUsize>) -> Self {
+    /// `in_flight`, while `activity` permits.
+    pub fn new(max: Duration, in_flight: Arc<AtomicUsize>, activity: Arc<Activity>) -> Self {
         Self {
             budget: Mutex::new(PollBudget::new(max)),
             in_flight,
+            activity,
         }
     }
 
@@ -419,6 +424,9 @@ enum PollEnd {
     Closed,
     /// The budget ran out; the read path waits in the runtime.
     Spent,
+    /// The NBD client sent more: the runtime must read it, and the read
+    /// path waits for the answer there.
+    ClientHasMore,
     /// Not polled: a TLS stream, or bytes already buffered.
     Skipped,
 }
@@ -536,25 +544,29 @@ impl Connection {
         let in_flight = poll.enter();
         let bytes = request.encode(endpoint, auth);
         self.stream.send(&bytes).await?;
-        // Only alone, and with at most one NBD client: the runtime is
-        // current-thread, and polling would hold up every other request it
-        // serves or would read. The averages are learnt from
+        // Only alone, and with the NBD side quiet (see `Activity`): the
+        // runtime is current-thread, and polling would hold up every other
+        // request it serves or would read. The averages are learnt from
         // these exchanges only, as they are the ones the budget is for (with
         // more in flight, waits include queueing behind the others).
         let budget = poll.budget();
-        let mut sent = (in_flight.alone()
-            && crate::server::clients_in_transmission() <= 1
-            && budget.enabled())
-        .then(std::time::Instant::now);
-        if sent.is_some() {
+        let permit = if in_flight.alone() && budget.enabled() {
+            poll.activity.poll_permit()
+        } else {
+            None
+        };
+        let mut sent = permit.map(|permit| (permit, std::time::Instant::now()));
+        if let Some((permit, _)) = &sent {
             let budget = budget.budget();
-            if !budget.is_zero() {
-                self.poll_for_response(budget)?;
+            if !budget.is_zero()
+                && self.poll_for_response(budget, permit)? == PollEnd::ClientHasMore
+            {
+                sent = None;
             }
         }
         loop {
             let (head, chunked) = self.read_head().await?;
-            if let Some(sent) = sent.take() {
+            if let Some((_, sent)) = sent.take() {
                 poll.record(sent.elapsed());
             }
             let head_request = matches!(request, Request::Head);
@@ -569,10 +581,11 @@ impl Connection {
 
     /// Wait up to `budget` for the first response bytes by polling the
     /// socket, so that an answer arriving within it costs no wake-up of a
-    /// sleeping thread. Bytes read go to `buf` exactly as [`Self::fill`]
-    /// would put them; a socket error is returned (reading it clears it, so
-    /// the read path would see only a close).
-    fn poll_for_response(&mut self, budget: Duration) -> io::Result<PollEnd> {
+    /// sleeping thread; give up early when `permit`'s client sends more.
+    /// Bytes read go to `buf` exactly as [`Self::fill`] would put them; a
+    /// socket error is returned (reading it clears it, so the read path
+    /// would see only a close).
+    fn poll_for_response(&mut self, budget: Duration, permit: &PollPermit) -> io::Result<PollEnd> {
         // Never for TLS: the socket carries records that only rustls may
         // consume, and a TLS server is usually remote, where the round trip
         // dwarfs the wake-up.
@@ -626,6 +639,9 @@ impl Connection {
             }
             if started.elapsed() >= budget {
                 return Ok(PollEnd::Spent);
+            }
+            if permit.client_has_more() {
+                return Ok(PollEnd::ClientHasMore);
             }
             // Yield rather than spin: on a small VM the server (or the NBD
             // client) may need this very CPU to produce the answer, and a
@@ -1132,8 +1148,8 @@ mod tests {
     #[test]
     fn in_flight_guards_count_across_pools_and_release_on_drop() {
         let count = Arc::new(AtomicUsize::new(0));
-        let a = ResponsePoll::new(500 * US, count.clone());
-        let b = ResponsePoll::new(Duration::ZERO, count.clone());
+        let a = ResponsePoll::new(500 * US, count.clone(), Arc::default());
+        let b = ResponsePoll::new(Duration::ZERO, count.clone(), Arc::default());
         let first = a.enter();
         assert!(first.alone());
         {
@@ -1209,6 +1225,11 @@ mod tests {
 
     const GET: Request<'static> = Request::Get { offset: 0, len: 1 };
 
+    /// A permit with no NBD client to watch.
+    fn quiet() -> PollPermit {
+        Activity::default().poll_permit().unwrap()
+    }
+
     #[tokio::test]
     async fn polling_reads_the_answer_and_the_read_path_goes_on_from_it() {
         // Larger than one read: the body continues on the async path.
@@ -1220,7 +1241,9 @@ mod tests {
                 .send(&GET.encode(&endpoint, None))
                 .await
                 .unwrap();
-            let end = conn.poll_for_response(Duration::from_secs(5)).unwrap();
+            let end = conn
+                .poll_for_response(Duration::from_secs(5), &quiet())
+                .unwrap();
             assert_eq!(end, PollEnd::Data);
             let (head, chunked) = conn.read_head().await.unwrap();
             let resp = conn.read_body(head, chunked, false).await.unwrap();
@@ -1252,7 +1275,9 @@ mod tests {
             .await
             .unwrap();
         let started = std::time::Instant::now();
-        let end = conn.poll_for_response(Duration::from_millis(2)).unwrap();
+        let end = conn
+            .poll_for_response(Duration::from_millis(2), &quiet())
+            .unwrap();
         assert_eq!(end, PollEnd::Spent);
         assert!(started.elapsed() >= Duration::from_millis(2));
         assert!(conn.buf.is_empty());
@@ -1263,6 +1288,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn polling_stops_when_the_nbd_client_sends_more() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        // The server never answers within the test: only the client's next
+        // request can end the poll before its budget.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (endpoint, _) = thread_server(move |_| {
+            released.recv().ok()?;
+            Some(pattern_answer(1))
+        });
+        let mut conn = connect(&endpoint).await;
+        let (mut nbd_client, nbd_socket) = std::os::unix::net::UnixStream::pair().unwrap();
+        let activity = Arc::new(Activity::default());
+        let _client = activity.client_entered(Some(nbd_socket.as_raw_fd()));
+        let _request = activity.request_started();
+        let permit = activity.poll_permit().unwrap();
+        conn.stream
+            .send(&GET.encode(&endpoint, None))
+            .await
+            .unwrap();
+        nbd_client.write_all(b"the next request").unwrap();
+        let started = std::time::Instant::now();
+        let end = conn
+            .poll_for_response(Duration::from_secs(30), &permit)
+            .unwrap();
+        assert_eq!(end, PollEnd::ClientHasMore);
+        assert!(started.elapsed() < Duration::from_secs(30));
+        release.send(()).unwrap();
+        let (head, chunked) = conn.read_head().await.unwrap();
+        assert_eq!(
+            conn.read_body(head, chunked, false).await.unwrap().status,
+            206
+        );
+    }
+
+    #[tokio::test]
+    async fn no_polling_while_other_nbd_requests_wait() {
+        let (endpoint, _) = thread_server(|_| Some(pattern_answer(1)));
+        let activity = Arc::new(Activity::default());
+        let pool = Pool::new(
+            None,
+            ResponsePoll::new(500 * US, Arc::default(), activity.clone()),
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // Two NBD requests read, one of them being sent: not polled, so
+        // nothing is learnt.
+        let _requests = (activity.request_started(), activity.request_started());
+        pool.send(&endpoint, &GET, None, Duration::from_secs(1), deadline)
+            .await
+            .unwrap();
+        assert_eq!(pool.poll.budget().average, None);
+    }
+
+    #[tokio::test]
     async fn polling_leaves_a_close_to_the_read_path() {
         let (endpoint, _) = thread_server(|_| None);
         let mut conn = connect(&endpoint).await;
@@ -1270,7 +1349,9 @@ mod tests {
             .send(&GET.encode(&endpoint, None))
             .await
             .unwrap();
-        let end = conn.poll_for_response(Duration::from_secs(5)).unwrap();
+        let end = conn
+            .poll_for_response(Duration::from_secs(5), &quiet())
+            .unwrap();
         assert_eq!(end, PollEnd::Closed);
         assert!(matches!(
             conn.read_head().await,
@@ -1295,7 +1376,9 @@ mod tests {
             .send(&GET.encode(&endpoint, None))
             .await
             .unwrap();
-        let e = conn.poll_for_response(Duration::from_secs(5)).unwrap_err();
+        let e = conn
+            .poll_for_response(Duration::from_secs(5), &quiet())
+            .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
     }
 
@@ -1305,7 +1388,8 @@ mod tests {
         let mut conn = connect(&endpoint).await;
         conn.buf.extend_from_slice(b"HTTP/1.1");
         assert_eq!(
-            conn.poll_for_response(Duration::from_secs(5)).unwrap(),
+            conn.poll_for_response(Duration::from_secs(5), &quiet())
+                .unwrap(),
             PollEnd::Skipped
         );
         assert_eq!(conn.buf, b"HTTP/1.1");
@@ -1315,7 +1399,10 @@ mod tests {
     async fn lone_exchanges_poll_and_learn_the_wait() {
         let (endpoint, accepted) = thread_server(|_| Some(pattern_answer(512)));
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let pool = Pool::new(None, ResponsePoll::new(500 * US, in_flight.clone()));
+        let pool = Pool::new(
+            None,
+            ResponsePoll::new(500 * US, in_flight.clone(), Arc::default()),
+        );
         let deadline = Instant::now() + Duration::from_secs(5);
         let read = Request::Get {
             offset: 0,
@@ -1346,7 +1433,10 @@ mod tests {
     #[tokio::test]
     async fn no_polling_and_no_learning_when_disabled() {
         let (endpoint, _) = thread_server(|_| Some(pattern_answer(1)));
-        let pool = Pool::new(None, ResponsePoll::new(Duration::ZERO, Arc::default()));
+        let pool = Pool::new(
+            None,
+            ResponsePoll::new(Duration::ZERO, Arc::default(), Arc::default()),
+        );
         let deadline = Instant::now() + Duration::from_secs(5);
         pool.send(&endpoint, &GET, None, Duration::from_secs(1), deadline)
             .await
@@ -1361,7 +1451,10 @@ mod tests {
             Some(pattern_answer(1))
         });
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let pool = Pool::new(None, ResponsePoll::new(500 * US, in_flight.clone()));
+        let pool = Pool::new(
+            None,
+            ResponsePoll::new(500 * US, in_flight.clone(), Arc::default()),
+        );
         let deadline = Instant::now() + Duration::from_millis(20);
         let r = pool
             .send(&endpoint, &GET, None, Duration::from_secs(1), deadline)
