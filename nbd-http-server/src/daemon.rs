@@ -83,8 +83,8 @@ pub struct Cli {
     /// cross-CPU wake-up of a sleeping thread per request at the cost of up
     /// to N us of CPU per request; whether it pays depends on the machine
     /// (on one VM it made loopback TCP writes slower: measure, and set 0 if
-    /// so). It happens only when a single
-    /// request is in flight and one NBD client is connected. The budget
+    /// so). It happens only when one NBD client is connected with a single
+    /// request outstanding, and stops when that client sends more. The budget
     /// adapts to twice the recent answer time; servers answering slower than
     /// N on average (remote hosts, synchronous replication) are not polled.
     /// Plain http:// and unix: only.

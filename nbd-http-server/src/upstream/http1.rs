@@ -25,12 +25,15 @@
 //! is woken by an inter-processor interrupt; on a small VM that wake-up
 //! (IPI, halt exit, reschedule) costs about 26 us, a large share of a
 //! loopback round trip. So after sending a request on a plain connection,
-//! when it is the only exchange in flight, [`Connection::exchange`] first
-//! polls the socket with non-blocking `recv`s for a bounded time, yielding
-//! the CPU between attempts, and only then falls back to the runtime. The
-//! bound adapts like the kernel's hybrid block polling ([`PollBudget`]):
-//! twice the recent response wait, capped, and no polling at all for
-//! servers slower than the cap.
+//! when it is the only exchange in flight and the NBD side is quiet (one
+//! client, one request outstanding: [`crate::activity`]),
+//! [`Connection::exchange`] first polls the socket with non-blocking `recv`s
+//! for a bounded time, yielding the CPU between attempts, and only then
+//! falls back to the runtime. The poll ends early when the NBD client sends
+//! more, since the runtime it holds is needed to read that. The bound adapts
+//! like the kernel's hybrid block polling ([`PollBudget`]): twice the recent
+//! response wait, capped, and no polling at all for servers slower than the
+//! cap.
 
 use std::io;
 use std::os::fd::AsRawFd;
