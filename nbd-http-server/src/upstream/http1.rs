@@ -1233,6 +1233,22 @@ mod tests {
         Activity::default().poll_permit().unwrap()
     }
 
+    /// A connection with a GET sent to a server that answers it with `len`
+    /// pattern bytes only once the returned sender is used.
+    async fn sent_to_held_server(len: usize) -> (Connection, std::sync::mpsc::Sender<()>) {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (endpoint, _) = thread_server(move |_| {
+            released.recv().ok()?;
+            Some(pattern_answer(len))
+        });
+        let mut conn = connect(&endpoint).await;
+        conn.stream
+            .send(&GET.encode(&endpoint, None))
+            .await
+            .unwrap();
+        (conn, release)
+    }
+
     #[tokio::test]
     async fn polling_reads_the_answer_and_the_read_path_goes_on_from_it() {
         // Larger than one read: the body continues on the async path.
@@ -1267,16 +1283,7 @@ mod tests {
     async fn polling_gives_up_after_its_budget_and_the_answer_still_arrives() {
         // The server answers only once the poll has given up: no race with
         // a sleep that a loaded machine could outlast.
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let (endpoint, _) = thread_server(move |_| {
-            released.recv().ok()?;
-            Some(pattern_answer(512))
-        });
-        let mut conn = connect(&endpoint).await;
-        conn.stream
-            .send(&GET.encode(&endpoint, None))
-            .await
-            .unwrap();
+        let (mut conn, release) = sent_to_held_server(512).await;
         let started = std::time::Instant::now();
         let end = conn
             .poll_for_response(Duration::from_millis(2), &quiet())
@@ -1294,23 +1301,14 @@ mod tests {
     async fn polling_stops_when_the_nbd_client_sends_more() {
         use std::io::Write;
         use std::os::fd::AsRawFd;
-        // The server never answers within the test: only the client's next
-        // request can end the poll before its budget.
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let (endpoint, _) = thread_server(move |_| {
-            released.recv().ok()?;
-            Some(pattern_answer(1))
-        });
-        let mut conn = connect(&endpoint).await;
+        // The server does not answer until released: only the client's
+        // next request can end the poll before its budget.
+        let (mut conn, release) = sent_to_held_server(1).await;
         let (mut nbd_client, nbd_socket) = std::os::unix::net::UnixStream::pair().unwrap();
         let activity = Arc::new(Activity::default());
         let _client = activity.client_entered(Some(nbd_socket.as_raw_fd()));
         let _request = activity.request_started();
         let permit = activity.poll_permit().unwrap();
-        conn.stream
-            .send(&GET.encode(&endpoint, None))
-            .await
-            .unwrap();
         nbd_client.write_all(b"the next request").unwrap();
         let started = std::time::Instant::now();
         let end = conn
