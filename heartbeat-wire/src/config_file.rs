@@ -10,8 +10,9 @@
 //! instead of adding to it. Values are then checked by the parser exactly as
 //! if they had been typed.
 //!
-//! This module knows nothing of the parser: the daemon describes its flags
-//! with [`FlagSpec`] (from clap's `Command`, a few lines).
+//! The merging knows nothing of the parser: it takes the flags as
+//! [`FlagSpec`]s. With the `cli` feature, [`WithConfigFile`] derives them
+//! from a clap parser and gives it `parse_with_config`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,34 @@ pub fn flag_specs<'a>(
             takes_value,
         })
         .collect()
+}
+
+/// `--config` for a clap parser: `impl WithConfigFile for Cli {}` gives it
+/// both methods.
+#[cfg(feature = "cli")]
+pub trait WithConfigFile: clap::Parser {
+    /// The arguments to parse for `argv`: with `--config PATH`, the file's
+    /// settings go first, so that flags on the command line win.
+    fn argv_with_config(argv: Vec<OsString>) -> Result<Vec<OsString>, ConfigFileError> {
+        let command = Self::command();
+        let flags =
+            flag_specs(command.get_arguments().filter_map(|a| {
+                Some((a.get_long()?, a.get_short(), a.get_action().takes_values()))
+            }));
+        merge_config_file(argv, &flags)
+    }
+
+    /// Parse the process's arguments and `--config` file; exit on an error
+    /// (status 2, as clap does for a bad flag).
+    fn parse_with_config() -> Self {
+        match Self::argv_with_config(std::env::args_os().collect()) {
+            Ok(argv) => Self::parse_from(argv),
+            Err(e) => {
+                eprintln!("{}: {e}", Self::command().get_name());
+                std::process::exit(2);
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

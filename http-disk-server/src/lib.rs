@@ -282,32 +282,10 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// `--config FILE` ([`heartbeat_wire::config_file`]).
+impl heartbeat_wire::config_file::WithConfigFile for Args {}
+
 impl Args {
-    /// The arguments to parse for `argv`: with `--config PATH`, the file's
-    /// settings go first, so that flags on the command line win
-    /// ([`heartbeat_wire::config_file`]).
-    pub fn argv_with_config(
-        argv: Vec<std::ffi::OsString>,
-    ) -> Result<Vec<std::ffi::OsString>, heartbeat_wire::config_file::ConfigFileError> {
-        use clap::CommandFactory;
-        let flags =
-            heartbeat_wire::config_file::flag_specs(Self::command().get_arguments().filter_map(
-                |a| Some((a.get_long()?, a.get_short(), a.get_action().takes_values())),
-            ));
-        heartbeat_wire::config_file::merge_config_file(argv, &flags)
-    }
-
-    /// Parse the process's arguments and `--config` file; exit on an error.
-    pub fn parse_with_config() -> Self {
-        match Self::argv_with_config(std::env::args_os().collect()) {
-            Ok(argv) => Self::parse_from(argv),
-            Err(e) => {
-                eprintln!("http-disk-server: {e}");
-                std::process::exit(2);
-            }
-        }
-    }
-
     pub fn advertise_url(&self) -> String {
         let scheme = if self.tls_cert.is_some() {
             "https"
@@ -652,6 +630,7 @@ fn spawn_watchdog(health: Arc<DiskHealth>, freeze: Arc<FreezeDetector>) {
 #[cfg(test)]
 mod config_file_tests {
     use super::*;
+    use heartbeat_wire::config_file::WithConfigFile;
 
     fn parse(file: &str, flags: &[&str]) -> anyhow::Result<Args> {
         let dir = tempfile::tempdir()?;

@@ -1,3 +1,4 @@
+use heartbeat_wire::config_file::WithConfigFile;
 use http_disk_server::{run, Args};
 
 fn main() {

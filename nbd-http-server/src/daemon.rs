@@ -153,32 +153,8 @@ pub struct Cli {
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
-impl Cli {
-    /// The arguments to parse for `argv`: with `--config PATH`, the file's
-    /// settings go first, so that flags on the command line win
-    /// ([`heartbeat_wire::config_file`]).
-    pub fn argv_with_config(
-        argv: Vec<std::ffi::OsString>,
-    ) -> Result<Vec<std::ffi::OsString>, heartbeat_wire::config_file::ConfigFileError> {
-        use clap::CommandFactory;
-        let flags =
-            heartbeat_wire::config_file::flag_specs(Self::command().get_arguments().filter_map(
-                |a| Some((a.get_long()?, a.get_short(), a.get_action().takes_values())),
-            ));
-        heartbeat_wire::config_file::merge_config_file(argv, &flags)
-    }
-
-    /// Parse the process's arguments and `--config` file; exit on an error.
-    pub fn parse_with_config() -> Self {
-        match Self::argv_with_config(std::env::args_os().collect()) {
-            Ok(argv) => Self::parse_from(argv),
-            Err(e) => {
-                eprintln!("nbd-http-server: {e}");
-                std::process::exit(2);
-            }
-        }
-    }
-}
+/// `--config FILE` ([`heartbeat_wire::config_file`]).
+impl heartbeat_wire::config_file::WithConfigFile for Cli {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
@@ -548,6 +524,7 @@ async fn accept(listener: &Listener) -> std::io::Result<AcceptedClient> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use heartbeat_wire::config_file::WithConfigFile;
 
     #[test]
     fn default_deadlines_follow_xha_budget() {

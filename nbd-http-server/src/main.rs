@@ -1,3 +1,5 @@
+use heartbeat_wire::config_file::WithConfigFile;
+
 fn main() -> std::process::ExitCode {
     let cli = nbd_http_server::daemon::Cli::parse_with_config();
     nbd_http_server::daemon::init_logging(cli.verbose);

@@ -2,6 +2,7 @@
 //! any other long flag.
 
 use clap::Parser;
+use heartbeat_wire::config_file::WithConfigFile;
 use nbd_http_server::daemon::Cli;
 
 fn parse(file: Option<&str>, flags: &[&str]) -> Cli {
