@@ -558,8 +558,10 @@ impl Connection {
         } else {
             None
         };
-        let mut sent = permit.map(|permit| (permit, std::time::Instant::now()));
-        if let Some((permit, _)) = &sent {
+        // When the wait is learnt from: a permitted exchange the client did
+        // not interrupt.
+        let mut sent = permit.map(|_| std::time::Instant::now());
+        if let Some(permit) = &permit {
             let budget = budget.budget();
             if !budget.is_zero()
                 && self.poll_for_response(budget, permit)? == PollEnd::ClientHasMore
@@ -569,7 +571,7 @@ impl Connection {
         }
         loop {
             let (head, chunked) = self.read_head().await?;
-            if let Some((_, sent)) = sent.take() {
+            if let Some(sent) = sent.take() {
                 poll.record(sent.elapsed());
             }
             let head_request = matches!(request, Request::Head);
